@@ -1,0 +1,1 @@
+"""Data preparation: one record schema, converters, images, mixtures, phantoms, cold-start data."""

@@ -1,0 +1,78 @@
+"""The model frame: the image size the model sees after Qwen2.5-VL's resize.
+
+Every image is resized into this frame once, at data-prep time, and every box is stored in
+its pixels. The frame depends on the processor's min/max pixels, so a dataset folder records
+them in ``frame.json`` and the recipes refuse a processor that would resize again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+FACTOR = 28  # Qwen2.5-VL: patch 14 x spatial merge 2
+QWEN_MIN_PIXELS = 56 * 56
+PAPER_MAX_PIXELS = 512 * 512  # the released model runs with max_pixels = 262144
+
+
+def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = FACTOR):
+    """Qwen2.5-VL's resize rule (same as transformers' ``smart_resize``): returns (h, w)."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.0f} is over 200")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def scale_box(box, src_wh, dst_wh, ndigits: int = 0):
+    """Map [x0, y0, x1, y1] from a src (w, h) frame to a dst (w, h) frame, clipped to it."""
+    sx, sy = dst_wh[0] / src_wh[0], dst_wh[1] / src_wh[1]
+    x0, y0, x1, y1 = box
+    out = [
+        min(max(x0 * sx, 0), dst_wh[0]),
+        min(max(y0 * sy, 0), dst_wh[1]),
+        min(max(x1 * sx, 0), dst_wh[0]),
+        min(max(y1 * sy, 0), dst_wh[1]),
+    ]
+    out = [round(v, ndigits) for v in out]
+    return [int(v) for v in out] if ndigits == 0 else out
+
+
+def write_frame(dataset_dir: str | Path, min_pixels: int, max_pixels: int) -> None:
+    path = Path(dataset_dir) / "frame.json"
+    payload = {"min_pixels": int(min_pixels), "max_pixels": int(max_pixels), "factor": FACTOR}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_frame(dataset_dir: str | Path) -> dict | None:
+    path = Path(dataset_dir) / "frame.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_processor_frame(dataset_dir: str | Path, image_processor) -> None:
+    """Stop with a clear message when the processor's min/max pixels differ from the data's."""
+    frame = read_frame(dataset_dir)
+    if frame is None:
+        return
+    size = getattr(image_processor, "size", {}) or {}
+    proc_min = size.get("shortest_edge", getattr(image_processor, "min_pixels", None))
+    proc_max = size.get("longest_edge", getattr(image_processor, "max_pixels", None))
+    if (proc_min, proc_max) != (frame["min_pixels"], frame["max_pixels"]):
+        raise SystemExit(
+            f"{dataset_dir}/frame.json was prepared for min_pixels={frame['min_pixels']}, "
+            f"max_pixels={frame['max_pixels']}, but the processor uses min_pixels={proc_min}, "
+            f"max_pixels={proc_max}. Boxes would no longer match the image the model sees. "
+            "Set `min_pixels`/`max_pixels` in the recipe to the dataset's values, or prepare "
+            "the data again with the processor's values."
+        )

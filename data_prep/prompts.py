@@ -1,0 +1,54 @@
+"""Prompt building, in one place: a record becomes a conversational prompt and a completion.
+
+Stage 1 (instruction fine-tuning) asks the question and expects ``\\boxed{answer}``.
+Stages 2 and 3 (cold start, GRPO) add the paper's reasoning instruction and expect
+``<think> reasoning citing [x_min, y_min, x_max, y_max] boxes </think>. The answer is: \\boxed{answer}``.
+The instruction follows the content described in paper-notes.md (our wording): the task text,
+a blank line, then the instruction; no separate system prompt.
+"""
+
+from __future__ import annotations
+
+REASONING_INSTRUCTION = (
+    "You FIRST think about the reasoning process as an internal monologue and then give the "
+    "final answer. While reasoning, analyse local regions of the image and cite each one as a "
+    "bounding box [x_min, y_min, x_max, y_max] in image pixels. The reasoning MUST be enclosed "
+    "in <think> </think> tags and the final answer MUST be put in \\boxed{}, for example: "
+    "<think> finding 1 with [x1, y1, x2, y2]; finding 2 with [x1, y1, x2, y2] </think>. "
+    "The answer is: \\boxed{answer}"
+)
+ANSWER_LEAD = "The answer is: "
+
+
+def question_text(record: dict, reasoning: bool) -> str:
+    q = record["question"].strip()
+    return f"{q}\n\n{REASONING_INSTRUCTION}" if reasoning else q
+
+
+def build_prompt(record: dict, reasoning: bool) -> list[dict]:
+    """The user turn: the image, then the question (plus the reasoning instruction)."""
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": question_text(record, reasoning)}],
+        }
+    ]
+
+
+def answer_text(answer: str) -> str:
+    return f"\\boxed{{{answer}}}"
+
+
+def reasoning_text(reasoning: str, answer: str) -> str:
+    return f"<think> {reasoning.strip()} </think>. {ANSWER_LEAD}{answer_text(answer)}"
+
+
+def build_completion(record: dict, reasoning: bool) -> list[dict]:
+    """The assistant turn the model is trained to produce."""
+    if reasoning:
+        if not record.get("reasoning"):
+            raise ValueError(f"record {record['id']} has no reasoning for a reasoning completion")
+        text = reasoning_text(record["reasoning"], record["answer"])
+    else:
+        text = answer_text(record["answer"])
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
