@@ -9,6 +9,9 @@ GPU_STAMP := .venv/.installed-gpu
 TORCH_CPU := torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# The tiny demo model gains nothing from a second thread, and OpenMP threads spin badly when
+# cores are shared (measured 10-20x slower steps under load). GPU recipes are unaffected.
+export OMP_NUM_THREADS ?= 1
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 OUT ?= outputs
@@ -20,7 +23,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-gpu test lint format demo tiny-model phantom sft coldstart-data coldstart grpo \
-	vllm-serve check-vllm eval bench bench-sft bench-rewards bench-grpo bench-data clean
+	vllm-serve check-vllm eval compare bench bench-sft bench-rewards bench-grpo bench-data clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -57,17 +60,59 @@ tiny-model: $(VENV_STAMP) ## build the tiny offline Qwen2.5-VL into outputs/tiny
 phantom: $(VENV_STAMP) ## generate the phantom CXR dataset into outputs/phantom
 	$(PY) -m data_prep.phantom --n $(PHANTOM_N) --out $(OUT)/phantom
 
-demo: $(VENV_STAMP) ## the whole pipeline on CPU: phantom data -> tiny model -> SFT (later stages append)
+demo: $(VENV_STAMP) ## whole pipeline on CPU: phantom -> tiny model -> SFT -> cold start -> GRPO -> eval
 	$(PY) -m recipes.demo --out $(OUT) $(ARGS)
 
-sft: $(VENV_STAMP) ## stage 1 on GPUs: accelerate + recipes/$(SCALE)/sft.yaml (SCALE=demo runs on CPU)
+sft: $(VENV_STAMP) ## stage 1: recipes/$(SCALE)/sft.yaml (accelerate on GPUs; SCALE=demo runs on CPU)
 	$(call launch,recipes.sft,recipes/$(SCALE)/sft.yaml)
+
+# Cold-start data: TEACHER=offline (phantom, no API) or TEACHER=openai with BASE_URL and MODEL.
+TEACHER ?= offline
+DATA ?= $(OUT)/phantom
+COLDSTART_OUT ?= $(OUT)/coldstart
+coldstart-data: $(VENV_STAMP) ## synthesise grounded reasoning with a teacher (see README: data use!)
+	$(PY) -m data_prep.coldstart --data $(DATA) --out $(COLDSTART_OUT) --teacher $(TEACHER) \
+		$(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+coldstart: $(VENV_STAMP) ## stage 2: recipes/$(SCALE)/coldstart.yaml (SFT on the reasoning data)
+	$(call launch,recipes.sft,recipes/$(SCALE)/coldstart.yaml)
+
+GRPO_RECIPE ?= grpo
+grpo: $(VENV_STAMP) ## stage 3: recipes/$(SCALE)/$(GRPO_RECIPE).yaml (GRPO; vLLM on GPUs)
+	$(call launch,recipes.grpo,recipes/$(SCALE)/$(GRPO_RECIPE).yaml)
+
+VLLM_MODEL ?= Qwen/Qwen2.5-VL-7B-Instruct
+vllm-serve: ## serve the policy with TRL's vLLM server (server mode), GPUs from CUDA_VISIBLE_DEVICES
+	VLLM_MODEL=$(VLLM_MODEL) bash recipes/vllm_serve.sh $(ARGS)
+
+check-vllm: ## GPU: greedy vLLM rollouts must match model.generate on the same prompts
+	$(PY) -m recipes.check_vllm $(ARGS)
+
+EVAL_MODEL ?= $(OUT)/demo/grpo
+EVAL_DATA ?= $(OUT)/phantom
+EVAL_OUT ?= $(OUT)/eval/$(notdir $(EVAL_MODEL))
+eval: $(VENV_STAMP) ## evaluate EVAL_MODEL on EVAL_DATA's test split (BACKEND=vllm on GPUs)
+	$(PY) -m evaluation.run --model $(EVAL_MODEL) --data $(EVAL_DATA) --out $(EVAL_OUT) \
+		$(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
+
+RUNS ?=
+compare: $(VENV_STAMP) ## side-by-side table + plots: make compare RUNS="base=DIR sft=DIR ..."
+	$(PY) -m evaluation.compare --out $(OUT)/eval/compare --runs $(RUNS)
 
 bench: $(VENV_STAMP) ## every benchmark; figures to outputs/bench.json
 	$(PY) -m recipes.bench --out $(OUT)/bench.json
 
 bench-sft: $(VENV_STAMP) ## SFT steps/s and peak memory of the demo recipe
 	$(PY) -m recipes.bench --only sft --out $(OUT)/bench.json
+
+bench-rewards: $(VENV_STAMP) ## reward throughput on 10,000 generated completions
+	$(PY) -m recipes.bench --only rewards --out $(OUT)/bench.json
+
+bench-grpo: $(VENV_STAMP) ## GRPO s/step + peak memory: our recipe vs a bare TRL script
+	$(PY) -m recipes.bench --only grpo --out $(OUT)/bench.json
+
+bench-data: $(VENV_STAMP) ## converter records/s and image images/s on a generated MIMIC-like tree
+	$(PY) -m recipes.bench --only data --out $(OUT)/bench.json
 
 clean: ## remove run outputs (not .venv)
 	rm -rf $(OUT)

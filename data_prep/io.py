@@ -22,10 +22,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
@@ -104,7 +111,9 @@ class Ledger:
         write_jsonl(out_dir / "rejects.jsonl", self.rejects)
 
     def summary(self) -> str:
-        lines = [f"[{self.name}] read {self.read}, written {self.written}, rejected {sum(self.rejected.values())}"]
+        lines = [
+            f"[{self.name}] read {self.read}, written {self.written}, rejected {sum(self.rejected.values())}"
+        ]
         for reason, n in self.rejected.most_common():
             lines.append(f"    rejected {n:>6}  {reason}")
         for k, v in self.extra.items():

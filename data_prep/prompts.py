@@ -10,12 +10,10 @@ a blank line, then the instruction; no separate system prompt.
 from __future__ import annotations
 
 REASONING_INSTRUCTION = (
-    "You FIRST think about the reasoning process as an internal monologue and then give the "
-    "final answer. While reasoning, analyse local regions of the image and cite each one as a "
-    "bounding box [x_min, y_min, x_max, y_max] in image pixels. The reasoning MUST be enclosed "
-    "in <think> </think> tags and the final answer MUST be put in \\boxed{}, for example: "
-    "<think> finding 1 with [x1, y1, x2, y2]; finding 2 with [x1, y1, x2, y2] </think>. "
-    "The answer is: \\boxed{answer}"
+    "Think first, as an internal monologue inside <think> </think>. While reasoning, analyse local "
+    "regions of the image and cite each one as a box [x_min, y_min, x_max, y_max] in image pixels. "
+    "Put the final answer in \\boxed{}, e.g. <think> finding 1 with [x1, y1, x2, y2]; finding 2 "
+    "with [...] </think>. The answer is: \\boxed{answer}"
 )
 ANSWER_LEAD = "The answer is: "
 

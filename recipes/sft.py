@@ -42,7 +42,10 @@ class SFTScriptArguments:
 
 def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
     processor = load_processor(
-        model_args.model_name_or_path, script_args.dataset_path, script_args.min_pixels, script_args.max_pixels
+        model_args.model_name_or_path,
+        script_args.dataset_path,
+        script_args.min_pixels,
+        script_args.max_pixels,
     )
     load = dict(
         tasks=script_args.tasks, need_reasoning=script_args.reasoning, skip_bad_rows=script_args.skip_bad_rows

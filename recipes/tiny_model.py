@@ -99,7 +99,22 @@ CORPUS = [
 ]
 
 
-def train_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
+def phantom_corpus(n_studies: int = 150) -> list[str]:
+    """Questions, answers and grounded reasoning of a few phantom studies: the demo's vocabulary,
+    so that prompts and reports tokenise into few tokens (short sequences = fast CPU steps)."""
+    from data_prep.offline_teacher import offline_completion
+    from data_prep.phantom import plan_studies, render, study_records
+    from data_prep.prompts import question_text
+
+    texts = []
+    for study in plan_studies(n_studies, seed=12345):
+        _, study.boxes, study.anatomy = render(study.patient, study.findings, 224, study.noise_seed)
+        for rec in study_records(study, size=224, seed=12345):
+            texts += [question_text(rec, reasoning=False), rec["answer"], offline_completion(rec)]
+    return texts
+
+
+def train_tokenizer(vocab_size: int = 2000) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -114,7 +129,8 @@ def train_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    # The fixed instruction and chat scaffolding appear in every sample: weight them up.
+    tok.train_from_iterator(CORPUS * 50 + phantom_corpus(), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -154,7 +170,7 @@ def tiny_config(tokenizer, hidden: int = 128, layers: int = 4, vision_hidden: in
             "num_key_value_heads": 2,
             "max_position_embeddings": 4096,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
-            "bos_token_id": ids["<|endoftext|>"],
+            "bos_token_id": None,
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
             "tie_word_embeddings": True,
@@ -219,7 +235,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--force", action="store_true", help="rebuild even if the folder is up to date")
     args = ap.parse_args()
-    path = build_tiny_model(args.out, size=args.size, hidden=args.hidden, layers=args.layers, force=args.force)
+    path = build_tiny_model(
+        args.out, size=args.size, hidden=args.hidden, layers=args.layers, force=args.force
+    )
     print(f"tiny model ready: {path}")
 
 

@@ -1,0 +1,726 @@
+r"""Cold-start data: a teacher writes grounded reasoning for records; filters keep the valid ones.
+
+For every selected record the teacher is shown the image, the question, the ground-truth
+answer (and ground-truth boxes where the record has them) and asked for the paper's format,
+``<think> reasoning citing [x_min, y_min, x_max, y_max] boxes </think>. The answer is: \boxed{answer}``,
+with boxes in the record's model frame. Prompts: data_prep/templates/*.txt ($placeholders).
+
+Filters, each counted in the ledger with its reason, use the grounded rewards' rules
+(rewards/grounded.py) so the kept targets earn full marks there: the format (one think block,
+then one \boxed{} answer); every cited box valid in the frame; at least one box; the boxed
+answer agrees with the ground truth; optionally a judge model (a second endpoint) shown each
+cited box drawn on the image and the sentence citing it answers yes/no, and any "no" rejects.
+
+Output, a dataset folder the SFT stage reads like any other:
+    OUT/coldstart.jsonl  kept records (the original record, ``reasoning`` filled, meta["teacher"]),
+                         appended as they come; a rerun skips ids already here or in rejects
+    OUT/rejects.jsonl    {"id", "reason", "detail", "completion"} per rejected record, appended
+    OUT/records.jsonl    every kept record, written atomically at the end (images re-pointed)
+    OUT/frame.json       copied from the source dataset
+    OUT/ledger.json      counts, reasons, tokens, estimated cost
+    OUT/.coldstart.lock  held while a run writes (a second run on the same OUT stops)
+Requests that fail for good (retries spent) are counted as failed, not rejected: a rerun
+retries them (exit code 1 says there were some). Credentialed sources (MIMIC-CXR, VinDr, ...)
+are never sent to an endpoint off this machine without --allow-remote-credentialed.
+
+Usage:
+    # no API: deterministic reasoning from the phantom data's known findings
+    python -m data_prep.coldstart --data data/phantom --out data/coldstart --teacher offline
+    # a local vLLM server (`vllm serve Qwen/Qwen2.5-VL-32B-Instruct`)
+    python -m data_prep.coldstart --data data/mix --out data/coldstart --teacher openai \
+        --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-VL-32B-Instruct
+    # OpenAI (key from $OPENAI_API_KEY); --dry-run prints the request and sends nothing
+    python -m data_prep.coldstart --data data/mix --out data/coldstart --teacher openai \
+        --base-url https://api.openai.com/v1 --model gpt-4.1 --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import fcntl
+import io
+import json
+import os
+import re
+import shutil
+import string
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from data_prep.frame import read_frame
+from data_prep.io import (
+    RECORDS,
+    Ledger,
+    atomic_write_text,
+    iter_jsonl,
+    read_records,
+    resolve_image,
+    write_jsonl,
+)
+from data_prep.offline_teacher import offline_completion
+from data_prep.schema import is_credentialed, validate_record
+from data_prep.teacher import ChatEndpoint, EndpointStop, RequestFailed, image_data_url, is_local_url
+from rewards.boxes import INVALID, MIN_BOX_SIDE, box_status
+from rewards.grounded import answer_kind, answer_score, format_score, normalize_answer
+from rewards.parsing import BOX_RE, format_box, parse
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+KEPT_FILE, REJECTS_FILE, LEDGER_FILE, LOCK_FILE = (
+    "coldstart.jsonl",
+    "rejects.jsonl",
+    "ledger.json",
+    ".coldstart.lock",
+)
+# GPT-4.1 list prices (USD per 1M tokens, 2025); local endpoints default to 0.
+DEFAULT_PRICE_IN, DEFAULT_PRICE_OUT = 2.0, 8.0
+MIN_REPORT_SCORE = 0.8  # report answers: rewards' word BLEU-4/ROUGE-L mix of the copy vs the truth
+BRACKETS_RE = re.compile(r"\[[^\[\]]*\d[^\[\]]*\]")
+SENTENCE_RE = re.compile(r"(?<=[.;!?])\s+")
+
+DATA_USE_REFUSAL = """\
+Refusing to send {n} record(s) from credentialed sources ({sources}) to the {role} endpoint
+{url}, which is not on this machine.
+
+These datasets are under the PhysioNet Credentialed Health Data Use Agreement (or similar
+terms). It forbids sending the data to online services that may retain it or let people
+review it (as most chat APIs do by default). A remote API is acceptable only when the provider
+guarantees zero data retention, no use for training and no human review, under an agreement
+that you hold.
+
+Use a local OpenAI-compatible server instead, e.g.
+    vllm serve Qwen/Qwen2.5-VL-32B-Instruct --port 8000
+and pass --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-VL-32B-Instruct
+(--judge-base-url likewise), or make the cold-start set from non-credentialed sources.
+If your remote endpoint meets those terms, pass --allow-remote-credentialed to say so."""
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Templates:
+    coldstart_system: string.Template
+    coldstart_user: string.Template
+    judge_system: string.Template
+    judge_user: string.Template
+
+    @classmethod
+    def load(cls, folder: Path) -> Templates:
+        return cls(
+            **{name: string.Template((folder / f"{name}.txt").read_text()) for name in cls.__annotations__}
+        )
+
+
+def render(template: string.Template, values: dict) -> str:
+    try:
+        return template.substitute(values).strip()
+    except (KeyError, ValueError) as e:
+        raise SystemExit(
+            f"A prompt template uses an unknown placeholder {e} (known: {', '.join('$' + k for k in values)}; "
+            "write a literal dollar sign as $$)."
+        ) from None
+
+
+def teacher_messages(record: dict, image_url: str, templates: Templates, detail: str) -> list[dict]:
+    gt = "\n".join(f"- {b['label']}: {format_box(b['box'])}" for b in record["boxes"])
+    values = {
+        "width": record["width"],
+        "height": record["height"],
+        "task": record["task"],
+        "question": record["question"],
+        "answer": record["answer"],
+        "gt_boxes": gt or "none listed (cite the regions you examine)",
+    }
+    return [
+        {"role": "system", "content": render(templates.coldstart_system, values)},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_url, "detail": detail}},
+                {"type": "text", "text": render(templates.coldstart_user, values)},
+            ],
+        },
+    ]
+
+
+def judge_messages(
+    image_url: str, box: list, sentence: str, record: dict, templates: Templates
+) -> list[dict]:
+    values = {
+        "box": format_box(box),
+        "sentence": sentence,
+        "width": record["width"],
+        "height": record["height"],
+    }
+    return [
+        {"role": "system", "content": render(templates.judge_system, values)},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_url}},
+                {"type": "text", "text": render(templates.judge_user, values)},
+            ],
+        },
+    ]
+
+
+# ---------------------------------------------------------------- filters
+
+
+def check_completion(record: dict, text: str, finish_reason: str | None = None) -> str:
+    """The reasoning of a valid completion (think-block text, boxes written canonically), else Rejected.
+
+    The rules are the grounded rewards' (rewards/grounded.py), so cold-start targets earn full
+    format and answer scores there: ``format_score`` 1, every cited box ``box_status`` valid in
+    the record's frame, at least one box, and the answer a normalised copy of the ground truth or
+    ``answer_score`` 1 (reports: >= MIN_REPORT_SCORE).
+    """
+    if finish_reason == "length":
+        raise Rejected("format: cut off at the token limit", "raise --max-tokens")
+    if finish_reason == "content_filter":
+        raise Rejected("teacher refused: content filter")
+    p = parse(text)
+    if p.n_open != 1 or p.n_close != 1 or not text.lstrip().startswith("<think>"):
+        raise Rejected("format: not exactly one <think> block at the start", text[:200])
+    if p.answer is None:
+        raise Rejected("format: no single \\boxed{} answer after </think>", text[-200:])
+    if format_score(text) != 1.0:
+        raise Rejected(
+            "format: fails the grounded format reward",
+            "reasoning under 3 words, \\boxed{} in the reasoning, long or marked-up lead-in, text after "
+            "the answer, or repetition: " + text[:200],
+        )
+    reasoning = BOX_RE.sub(lambda m: format_box([float(v) for v in m.groups()]), p.think.strip())
+    w, h = record["width"], record["height"]
+    for bracket in BRACKETS_RE.findall(reasoning):
+        m = BOX_RE.fullmatch(bracket)
+        if not m:
+            raise Rejected("box: invalid", f"{bracket} is not [x_min, y_min, x_max, y_max]")
+        if box_status([int(v) for v in m.groups()], w, h) == INVALID:
+            raise Rejected(
+                "box: invalid",
+                f"{bracket} is outside the {w}x{h} frame, inverted or under {MIN_BOX_SIDE:g} px",
+            )
+    if not BOX_RE.search(reasoning):
+        raise Rejected("box: none cited")
+    score = answer_score(p.answer, record["answer"], record.get("task"))
+    needed = MIN_REPORT_SCORE if answer_kind(record["answer"], record.get("task")) == "text" else 1.0
+    same = normalize_answer(p.answer) == normalize_answer(
+        record["answer"]
+    )  # a copy (BLEU-4 < 1 under 4 words)
+    if not same and score < needed:
+        raise Rejected(
+            "answer: disagrees with the ground truth",
+            f"score {score:.2f} < {needed}: {p.answer[:120]!r} vs {record['answer'][:120]!r}",
+        )
+    return reasoning
+
+
+def cited_boxes(reasoning: str) -> list[tuple[list[int], str]]:
+    """(box, the sentence citing it) for every box in the reasoning."""
+    return [
+        ([int(v) for v in m.groups()], sentence)
+        for sentence in SENTENCE_RE.split(reasoning)
+        for m in BOX_RE.finditer(sentence)
+    ]
+
+
+def box_drawn_url(image: Image.Image, box: list[int], record: dict) -> str:
+    """The image with the box outlined in red, as a PNG data URL (coordinates scaled if the file differs)."""
+    img = image.convert("RGB")
+    sx, sy = img.width / record["width"], img.height / record["height"]
+    line = max(2, round(min(img.size) / 170))
+    ImageDraw.Draw(img).rectangle(
+        [box[0] * sx, box[1] * sy, box[2] * sx - 1, box[3] * sy - 1], outline=(255, 0, 0), width=line
+    )
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def judge_reasoning(judge: ChatEndpoint, record: dict, image_path: Path, reasoning: str, templates) -> None:
+    """Ask the judge about every cited box; any answer but yes rejects."""
+    with Image.open(image_path) as image:
+        image.load()
+    for box, sentence in cited_boxes(reasoning):
+        msgs = judge_messages(box_drawn_url(image, box, record), box, sentence, record, templates)
+        reply = judge.complete(msgs, temperature=0.0, max_completion_tokens=8)
+        verdict = re.sub(r"<think>.*?</think>", "", reply.text, flags=re.DOTALL).strip().lower()
+        word = re.match(r"\W*(\w+)", verdict)
+        if word and word.group(1) == "yes":
+            continue
+        if word and word.group(1) == "no":
+            raise Rejected("judge: box does not show the claim", f"{format_box(box)} in {sentence!r}")
+        raise Rejected("judge: unclear verdict", f"{reply.text[:80]!r} for {format_box(box)}")
+
+
+# ---------------------------------------------------------------- one record
+
+
+@dataclass
+class Outcome:
+    id: str
+    kept: dict | None = None
+    rejected: tuple[str, str] | None = None
+    failed: tuple[str, str] | None = None
+    completion: str = ""
+
+
+@dataclass
+class Job:
+    data_dir: Path
+    out_dir: Path
+    templates: Templates
+    teacher_name: str
+    teacher: ChatEndpoint | None = None  # None: the offline teacher
+    judge: ChatEndpoint | None = None
+    request_params: dict = field(default_factory=dict)
+    image_detail: str = "high"
+
+    def teacher_request(self, record: dict) -> dict:
+        url = image_data_url(resolve_image(self.data_dir, record["image"]))
+        messages = teacher_messages(record, url, self.templates, self.image_detail)
+        return {"model": self.teacher_name, "messages": messages, **self.request_params}
+
+    def kept_record(self, record: dict, reasoning: str) -> dict:
+        image = record["image"]
+        if not Path(image).is_absolute():
+            image = os.path.relpath((self.data_dir / image).resolve(), self.out_dir.resolve())
+        meta = {**(record.get("meta") or {}), "teacher": self.teacher_name}
+        if self.judge:
+            meta["judge"] = self.judge.model
+        return validate_record({**record, "image": image, "reasoning": reasoning, "meta": meta})
+
+    def process(self, record: dict) -> Outcome:
+        out = Outcome(record["id"])
+        image_path = resolve_image(self.data_dir, record["image"])
+        if not image_path.exists():
+            out.failed = ("image not found", str(image_path))
+            return out
+        try:
+            if self.teacher is None:
+                text, finish = offline_completion(record), "stop"
+            else:
+                reply = self.teacher.complete(self.teacher_request(record)["messages"], **self.request_params)
+                text, finish = reply.text, reply.finish_reason
+            out.completion = text
+            reasoning = check_completion(record, text, finish)
+            if self.judge:
+                judge_reasoning(self.judge, record, image_path, reasoning, self.templates)
+            out.kept = self.kept_record(record, reasoning)
+        except Rejected as r:
+            out.rejected = (r.reason, r.detail)
+        except RequestFailed as f:
+            out.failed = (f.reason, f.detail)
+        except OSError as e:  # an unreadable image file
+            out.failed = ("image unreadable", f"{image_path}: {e}")
+        return out
+
+
+# ---------------------------------------------------------------- files
+
+
+def repair_tail(path: Path) -> None:
+    """Drop a half-written last line (a run killed mid-write); its record is simply redone."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        os.truncate(path, data.rfind(b"\n") + 1)
+
+
+def ids_in(path: Path) -> set[str]:
+    return {row["id"] for _, row in iter_jsonl(path)} if path.exists() else set()
+
+
+def append_line(f, row: dict) -> None:
+    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def copy_frame(data_dir: Path, out_dir: Path) -> None:
+    src, dst = read_frame(data_dir), read_frame(out_dir)
+    if src is None:
+        return
+    if dst is not None and dst != src:
+        raise SystemExit(
+            f"{out_dir}/frame.json ({dst}) differs from {data_dir}/frame.json ({src}): the boxes of "
+            "the two would not share a frame. Use another --out."
+        )
+    shutil.copyfile(data_dir / "frame.json", out_dir / "frame.json")
+
+
+def write_dataset(out_dir: Path, order: list[str]) -> int:
+    """OUT/records.jsonl: every kept record, in the source order, atomically."""
+    rows = (
+        {row["id"]: row for _, row in iter_jsonl(out_dir / KEPT_FILE)}
+        if (out_dir / KEPT_FILE).exists()
+        else {}
+    )
+    rank = {rid: i for i, rid in enumerate(order)}
+    ordered = sorted(rows.values(), key=lambda r: rank.get(r["id"], len(rank)))
+    return write_jsonl(out_dir / RECORDS, ordered)
+
+
+# ---------------------------------------------------------------- guard, dry run
+
+
+def check_data_use(records: list[dict], endpoints: list[tuple[str, str]], allow_remote: bool) -> None:
+    """Refuse to send credentialed records to an endpoint that is not on this machine."""
+    creds = Counter(r["source"] for r in records if is_credentialed(r["source"]))
+    if not creds:
+        return
+    for role, url in endpoints:
+        if is_local_url(url):
+            continue
+        if not allow_remote:
+            sources = ", ".join(f"{s}: {n}" for s, n in creds.most_common())
+            raise SystemExit(
+                DATA_USE_REFUSAL.format(n=sum(creds.values()), sources=sources, role=role, url=url)
+            )
+        print(
+            f"WARNING: sending {sum(creds.values())} credentialed record(s) to the remote {role} endpoint "
+            f"{url} (--allow-remote-credentialed: you confirmed zero retention, no training use, no human review).",
+            file=sys.stderr,
+        )
+
+
+def truncate_images(obj):
+    """The request with every base64 image cut short, for printing."""
+    if isinstance(obj, dict):
+        return {k: truncate_images(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [truncate_images(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith("data:") and ";base64," in obj and len(obj) > 80:
+        return f"{obj[:60]}...[{len(obj) - 60} more base64 characters]"
+    return obj
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep.coldstart",
+        description="Synthesise grounded cold-start reasoning with a teacher model, filtered.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder (records.jsonl)")
+    p.add_argument("--split", default="train", help="default: %(default)s")
+    p.add_argument("--limit", type=int, default=None, help="first N records of the split")
+    p.add_argument("--out", required=True, help="output dataset folder (created; reruns resume)")
+    p.add_argument(
+        "--teacher",
+        choices=("openai", "offline"),
+        default="openai",
+        help="offline: no API, phantom-style records (default: %(default)s)",
+    )
+    p.add_argument("--base-url", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    p.add_argument("--model", help="teacher model (Azure: the deployment name)")
+    p.add_argument(
+        "--api-key-env",
+        default=None,
+        help="env var holding the key (OPENAI_API_KEY; Azure: AZURE_OPENAI_API_KEY)",
+    )
+    p.add_argument("--azure-api-version", default=None, help="use Azure OpenAI with this api-version")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.7, help="default: %(default)s")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=1024,
+        help="completion token limit per request (default: %(default)s)",
+    )
+    p.add_argument(
+        "--image-detail",
+        choices=("low", "high", "auto"),
+        default="high",
+        help="OpenAI image detail (default: %(default)s)",
+    )
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: %(default)s)")
+    p.add_argument("--max-retries", type=int, default=5, help="per request (default: %(default)s)")
+    p.add_argument(
+        "--backoff-base",
+        type=float,
+        default=1.0,
+        help="first retry wait in seconds, doubling, with jitter (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backoff-max", type=float, default=60.0, help="longest backoff wait (default: %(default)s)"
+    )
+    p.add_argument("--judge-base-url", default=None, help="second endpoint that checks each cited box")
+    p.add_argument("--judge-model", default=None)
+    p.add_argument("--judge-api-key-env", default=None, help="default: the teacher's")
+    p.add_argument(
+        "--price-in",
+        type=float,
+        default=None,
+        help=f"USD per 1M prompt tokens (default {DEFAULT_PRICE_IN}, local 0)",
+    )
+    p.add_argument(
+        "--price-out",
+        type=float,
+        default=None,
+        help=f"USD per 1M completion tokens (default {DEFAULT_PRICE_OUT}, local 0)",
+    )
+    p.add_argument("--judge-price-in", type=float, default=None)
+    p.add_argument("--judge-price-out", type=float, default=None)
+    p.add_argument("--templates", default=str(TEMPLATE_DIR), help="folder of the prompt templates")
+    p.add_argument(
+        "--allow-remote-credentialed",
+        action="store_true",
+        help="I confirm the remote endpoint keeps no data, trains on none and has no human review",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print one request and send nothing")
+    args = p.parse_args(argv)
+    if args.teacher == "openai" and not (args.base_url and args.model):
+        p.error("--teacher openai needs --base-url and --model")
+    if bool(args.judge_base_url) != bool(args.judge_model):
+        p.error("--judge-base-url and --judge-model go together")
+    if args.api_key_env is None:
+        args.api_key_env = "AZURE_OPENAI_API_KEY" if args.azure_api_version else "OPENAI_API_KEY"
+    args.judge_api_key_env = args.judge_api_key_env or args.api_key_env
+    return args
+
+
+def price(given: float | None, default: float, url: str | None) -> float:
+    if given is not None:
+        return given
+    return 0.0 if url is None or is_local_url(url) else default
+
+
+@contextmanager
+def exclusive(out_dir: Path):
+    """Hold OUT for this run: a second run on the same folder would write duplicates."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_FILE, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(
+                f"Another coldstart run is writing to {out_dir}; wait for it or use another --out."
+            ) from None
+        yield
+
+
+class Results:
+    """Appends each outcome to OUT as it arrives (kept / rejected) and counts it in the ledger."""
+
+    def __init__(self, out_dir: Path, ledger: Ledger):
+        self.ledger = ledger
+        self.failed: Counter[str] = Counter()
+        self.kept_f = open(out_dir / KEPT_FILE, "a", encoding="utf-8")
+        self.rejects_f = open(out_dir / REJECTS_FILE, "a", encoding="utf-8")
+
+    def add(self, out: Outcome) -> None:
+        if out.kept:
+            append_line(self.kept_f, out.kept)
+            self.ledger.written += 1
+        elif out.rejected:
+            reason, detail = out.rejected
+            append_line(
+                self.rejects_f,
+                {"id": out.id, "reason": reason, "detail": detail, "completion": out.completion},
+            )
+            self.ledger.reject(reason, where=out.id, detail=detail)
+        else:
+            self.failed[out.failed[0]] += 1
+
+    def counts(self) -> dict:
+        return {
+            "kept": self.ledger.written,
+            "rejected": sum(self.ledger.rejected.values()),
+            "failed": self.failed.total(),
+        }
+
+    def close(self) -> None:
+        self.kept_f.close()
+        self.rejects_f.close()
+
+
+def drive(
+    job: Job, pending: list[dict], concurrency: int, stop: threading.Event, results: Results
+) -> str | None:
+    """Process the records on ``concurrency`` threads (a bounded window), writing as they finish.
+
+    Returns why the run stopped early (an endpoint refusing the key, Ctrl-C), or None.
+    """
+    todo, inflight, stopped = iter(pending), {}, None
+    with (
+        ThreadPoolExecutor(max_workers=concurrency) as pool,
+        tqdm(total=len(pending), desc="coldstart", unit="rec", disable=None) as bar,
+    ):
+
+        def submit_next() -> None:
+            rec = next(todo, None)
+            if rec is not None and not stop.is_set():
+                inflight[pool.submit(job.process, rec)] = rec
+
+        for _ in range(2 * concurrency):
+            submit_next()
+        try:
+            while inflight:
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    del inflight[fut]
+                    try:
+                        results.add(fut.result())
+                    except EndpointStop as e:
+                        stopped = stopped or str(e)
+                        continue
+                    bar.update(1)
+                    bar.set_postfix(results.counts())
+                    submit_next()
+        except KeyboardInterrupt:
+            stop.set()
+            stopped = "interrupted (Ctrl-C)"
+            for fut in inflight:
+                fut.cancel()
+    return stopped
+
+
+def endpoint(args, role: str, stop: threading.Event) -> ChatEndpoint:
+    judge = role == "judge"
+    return ChatEndpoint(
+        role=role,
+        base_url=args.judge_base_url if judge else args.base_url,
+        model=args.judge_model if judge else args.model,
+        api_key_env=args.judge_api_key_env if judge else args.api_key_env,
+        azure_api_version=None if judge else args.azure_api_version,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        backoff_base=args.backoff_base,
+        backoff_max=args.backoff_max,
+        stop=stop,
+    )
+
+
+def print_dry_run(args, job: Job, pending: list[dict], out_dir: Path) -> None:
+    if not pending:
+        print(f"Nothing to send: every selected record is already kept or rejected in {out_dir}.")
+    elif args.teacher == "offline":
+        print(json.dumps({"teacher": "offline", "completion": offline_completion(pending[0])}, indent=2))
+    else:
+        request = {"base_url": args.base_url, **truncate_images(job.teacher_request(pending[0]))}
+        print(json.dumps(request, indent=2, ensure_ascii=False))
+        print(f"(dry run: nothing sent; {len(pending)} record(s) would be sent)", file=sys.stderr)
+
+
+def usage_and_cost(args, job: Job) -> dict:
+    """Per-endpoint request/retry/token counts with their prices, and the estimated cost in USD."""
+    out, cost = {}, 0.0
+    for role, ep, p_in, p_out, url in (
+        ("teacher", job.teacher, args.price_in, args.price_out, args.base_url),
+        ("judge", job.judge, args.judge_price_in, args.judge_price_out, args.judge_base_url),
+    ):
+        if ep is None:
+            continue
+        p_in, p_out = price(p_in, DEFAULT_PRICE_IN, url), price(p_out, DEFAULT_PRICE_OUT, url)
+        cost += (ep.stats["prompt_tokens"] * p_in + ep.stats["completion_tokens"] * p_out) / 1e6
+        out[f"{role}_usage"] = {
+            **dict(sorted(ep.stats.items())),
+            "price_in_per_1m": p_in,
+            "price_out_per_1m": p_out,
+        }
+    out["estimated_cost_usd"] = round(cost, 4)
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    data = Path(args.data)
+    data_dir = data if data.is_dir() else data.parent
+    out_dir = Path(args.out)
+    if out_dir.resolve() == data_dir.resolve():
+        raise SystemExit("--out must differ from the --data folder (its records.jsonl would be replaced).")
+    records = read_records(data, args.split)[: args.limit]
+    dupes = [rid for rid, n in Counter(r["id"] for r in records).items() if n > 1]
+    if dupes:
+        raise SystemExit(f"{data}: duplicate record ids {dupes[:5]}; ids must be unique to resume safely.")
+    with exclusive(out_dir):
+        return run(args, records, data_dir, out_dir)
+
+
+def run(args, records: list[dict], data_dir: Path, out_dir: Path) -> int:
+    for path in (out_dir / KEPT_FILE, out_dir / REJECTS_FILE):
+        repair_tail(path)
+    kept_before, rejected_before = ids_in(out_dir / KEPT_FILE), ids_in(out_dir / REJECTS_FILE)
+    pending = [r for r in records if r["id"] not in kept_before | rejected_before]
+
+    endpoints = [("teacher", args.base_url)] if args.teacher == "openai" else []
+    if args.judge_base_url:
+        endpoints.append(("judge", args.judge_base_url))
+    check_data_use(pending, endpoints, args.allow_remote_credentialed)
+
+    job = Job(
+        data_dir=data_dir,
+        out_dir=out_dir,
+        templates=Templates.load(Path(args.templates)),
+        teacher_name=args.model if args.teacher == "openai" else "offline",
+        request_params={"temperature": args.temperature, "max_completion_tokens": args.max_tokens},
+        image_detail=args.image_detail,
+    )
+    if args.dry_run:
+        print_dry_run(args, job, pending, out_dir)
+        return 0
+    stop = threading.Event()
+    job.teacher = endpoint(args, "teacher", stop) if args.teacher == "openai" else None
+    job.judge = endpoint(args, "judge", stop) if args.judge_base_url else None
+
+    ledger = Ledger("coldstart")
+    ledger.read = len(records)
+    results = Results(out_dir, ledger)
+    start = time.time()
+    try:
+        stopped = drive(job, pending, max(1, args.concurrency), stop, results)
+    finally:
+        results.close()
+    kept_total = write_dataset(out_dir, [r["id"] for r in records])
+    copy_frame(data_dir, out_dir)
+    done = results.counts()
+    ledger.extra.update(
+        {
+            "teacher": job.teacher_name,
+            "base_url": args.base_url if job.teacher else None,
+            "judge": args.judge_model,
+            "already_kept": sum(r["id"] in kept_before for r in records),
+            "already_rejected": sum(r["id"] in rejected_before for r in records),
+            "failed": done["failed"],
+            "failed_by_reason": dict(results.failed),
+            "unfinished": len(pending) - sum(done.values()),
+            "kept_total_in_out": kept_total,
+            "seconds": round(time.time() - start, 1),
+            **usage_and_cost(args, job),
+        }
+    )
+    if stopped:
+        ledger.extra["stopped"] = stopped
+    atomic_write_text(out_dir / LEDGER_FILE, json.dumps(ledger.as_dict(), indent=2) + "\n")
+    print(ledger.summary(), file=sys.stderr)
+    print(f"    output: {out_dir / RECORDS} ({kept_total} kept records)", file=sys.stderr)
+    if stopped:
+        raise SystemExit(f"Stopped: {stopped}")
+    if done["failed"]:
+        print(
+            f"{done['failed']} record(s) failed (not rejected): run the same command again to retry them.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

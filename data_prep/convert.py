@@ -1,0 +1,230 @@
+"""What every converter shares: the command line, the streaming run loop, the ledger.
+
+A converter module defines
+
+    SOURCE = "nih-cxr14"
+    def add_args(parser): ...                       # its own options (optional)
+    def units(args, ledger) -> Iterator[Unit]:      # one Unit per image, ledger.read += 1 each
+    def records(unit, info, ledger, args) -> list[dict]   # the records of that image
+
+and ends with ``if __name__ == "__main__": main(sys.modules[__name__])``.
+
+The loop takes units a bounded batch at a time, converts their images in parallel
+(:class:`data_prep.images.ImagePool`, cached), turns each into records in the model frame,
+validates every record and streams it to ``OUT/records.jsonl`` (written to a temp file and
+renamed at the end). Memory therefore does not grow with the number of records. A unit whose
+image is missing or unreadable, a record that fails validation, and whatever the converter
+rejects are counted in the ledger by reason: ``OUT/ledger.json`` + ``OUT/rejects.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from data_prep.frame import PAPER_MAX_PIXELS, QWEN_MIN_PIXELS, read_frame, write_frame
+from data_prep.images import ImageError, ImageInfo, ImagePool
+from data_prep.io import RECORDS, Ledger
+from data_prep.schema import RecordError, validate_record
+
+
+@dataclass
+class Unit:
+    """One source image and what its records are built from."""
+
+    where: str  # names the input in ledger entries (file, or file:line)
+    src: Path  # the original image file
+    dst: str  # stored image, relative to OUT (e.g. "images/p10/p10000032/s5.../x.png")
+    data: Any = field(default=None)
+
+
+def image_dst(*parts: str) -> str:
+    """The stored image's relative path: images/<parts...> with a .png suffix."""
+    rel = Path("images", *parts)
+    return str(rel.with_suffix(".png"))
+
+
+class RecordWriter:
+    """Streams JSON lines to a temp file; ``commit`` renames it into place (atomic)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.f = open(self.tmp, "w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, rec: dict) -> None:
+        self.f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def commit(self) -> None:
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def parser_for(source: str, description: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"python -m data_prep.{source.replace('-', '_')}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--root", required=True, help="the dataset as downloaded (official layout)")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--min-pixels", type=int, default=QWEN_MIN_PIXELS, help="processor min_pixels")
+    p.add_argument("--max-pixels", type=int, default=PAPER_MAX_PIXELS, help="processor max_pixels")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="image worker processes")
+    p.add_argument("--limit", type=int, default=None, help="convert only the first N images (units)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds of this process, of its finished children) so far."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def peak_rss_mb() -> dict:
+    """Peak resident memory of this process and of its largest (finished) child, in MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"main": round(own, 1), "largest_worker": round(kids, 1)}
+
+
+def run(
+    source: str,
+    units: Iterable[Unit],
+    build: Callable[[Unit, ImageInfo, Ledger], Iterable[dict]],
+    out: str | Path,
+    ledger: Ledger,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = PAPER_MAX_PIXELS,
+    workers: int = 1,
+    limit: int | None = None,
+    progress: bool = True,
+    total: int | None = None,
+) -> Ledger:
+    """Convert ``units`` into OUT (records.jsonl, images/, frame.json, ledger.json, rejects.jsonl)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    old = read_frame(out)
+    if old and (old["min_pixels"], old["max_pixels"]) != (min_pixels, max_pixels):
+        print(f"note: {out} was prepared for another frame ({old}); its images will be converted again")
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
+    if limit is not None:
+        units = itertools.islice(units, limit)
+        total = min(total, limit) if total is not None else limit
+    tasks: Counter[str] = Counter()
+    splits: Counter[str] = Counter()
+    images = Counter()
+    image_seconds = 0.0
+    writer = RecordWriter(out / RECORDS)
+    bar = tqdm(total=total, unit="img", desc=source, disable=not progress, mininterval=1.0)
+    batch_size = max(64, 32 * workers)
+
+    def finish(batch: list[Unit], results) -> None:
+        for unit, res in zip(batch, results):
+            if isinstance(res, ImageError):
+                ledger.reject(res.reason, unit.where, str(res))
+                continue
+            images["cached" if res.cached else "converted"] += 1
+            try:
+                recs = list(build(unit, res, ledger))
+            except Exception as e:  # one odd input must not stop a day-long job
+                ledger.reject("converter error", unit.where, f"{type(e).__name__}: {e}")
+                continue
+            for rec in recs:
+                try:
+                    validate_record(rec)
+                except RecordError as e:
+                    ledger.reject("invalid record", unit.where, f"{rec.get('id')}: {e}")
+                    continue
+                writer.write(rec)
+                tasks[rec["task"]] += 1
+                splits[rec["split"]] += 1
+
+    try:
+        with ImagePool(min_pixels, max_pixels, workers) as pool:
+            it = iter(units)
+            pending = None  # (units, handle): the batch the workers are converting
+            while True:
+                batch = list(itertools.islice(it, batch_size))
+                handle = pool.submit([(u.src, out / u.dst) for u in batch]) if batch else None
+                if pending is not None:  # records of the previous batch while this one converts
+                    t_img = time.perf_counter()
+                    results = pool.collect(pending[1], progress=bar)
+                    image_seconds += time.perf_counter() - t_img
+                    finish(pending[0], results)
+                if not batch:
+                    break
+                pending = (batch, handle)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    write_frame(out, min_pixels, max_pixels)
+    seconds = time.perf_counter() - t0
+    cpu = [round(b - a, 2) for a, b in zip(cpu0, cpu_seconds())]  # workers: counted once they exit
+    ledger.written = writer.count
+    ledger.extra.update(
+        {
+            "source": source,
+            "records_by_task": dict(sorted(tasks.items())),
+            "records_by_split": dict(sorted(splits.items())),
+            "images": dict(images),
+            "seconds": round(seconds, 2),
+            "image_seconds": round(image_seconds, 2),
+            "cpu_seconds": {"main": cpu[0], "workers": cpu[1]},
+            "peak_rss_mb": peak_rss_mb(),
+            "frame": {"min_pixels": min_pixels, "max_pixels": max_pixels},
+        }
+    )
+    ledger.save(out)
+    print(ledger.summary())
+    return ledger
+
+
+def main(module, argv: list[str] | None = None) -> Ledger:
+    """The command line of a converter module (see the module docstring)."""
+    parser = parser_for(module.SOURCE, module.__doc__)
+    if hasattr(module, "add_args"):
+        module.add_args(parser)
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    if not root.is_dir():
+        parser.error(f"--root {root} is not a folder")
+    ledger = Ledger(module.SOURCE)
+    units: Iterator[Unit] = module.units(args, ledger)
+    total = len(units) if hasattr(units, "__len__") else None
+    return run(
+        module.SOURCE,
+        units,
+        lambda unit, info, led: module.records(unit, info, led, args),
+        args.out,
+        ledger,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+        workers=args.workers,
+        limit=args.limit,
+        progress=not args.no_progress,
+        total=total,
+    )

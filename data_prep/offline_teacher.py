@@ -1,0 +1,124 @@
+"""The offline teacher: short grounded reasoning built from what a record already knows.
+
+For the phantom data (and any record with ground-truth boxes) no API is needed: each
+ground-truth box of the question gets one sentence that cites it; a question without boxes
+(a negative answer) cites the anatomy it is about ("The heart [..] is normal in size.").
+Sentences are drawn from a few templates, chosen deterministically from the record id, so a
+rerun writes the same text. Kept short on purpose (1-3 sentences, one box each): a tiny model
+must learn the pattern in minutes on a CPU. The output goes through the same filters as a
+real teacher's.
+
+Phantom records carry ``meta["findings"]`` ([{"name", "side", "zone", "label", "box"}, ...])
+and ``meta["anatomy"]`` ({"heart": box, "right_lung": box, "left_lung": box}).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from data_prep.prompts import reasoning_text
+from rewards.parsing import format_box
+
+MAX_SENTENCES = 3
+
+FINDING_PLACED = (
+    "{NP} is seen in the {where} {box}.",
+    "The {where} shows {np} {box}.",
+    "There is {np} in the {where} {box}.",
+    "{Name} in the {where} {box}.",
+)
+FINDING_UNPLACED = (
+    "{NP} is seen at {box}.",
+    "There is {np} {box}.",
+    "{Name} is visible {box}.",
+)
+MASS_NOUNS = ("consolidation", "cardiomegaly", "atelectasis", "edema", "fibrosis", "emphysema")
+ENLARGED_HEART = (
+    "The heart {box} is enlarged.",
+    "The cardiac silhouette {box} is enlarged.",
+    "Heart size {box} is increased.",
+)
+NORMAL = {
+    "heart": (
+        "The heart {box} is normal in size.",
+        "The cardiac silhouette {box} is not enlarged.",
+        "Heart size {box} is normal.",
+    ),
+    "lung": (
+        "The {side} lung {box} is clear.",
+        "No focal opacity in the {side} lung {box}.",
+        "The {side} lung {box} looks normal.",
+    ),
+}
+HEART_WORDS = ("heart", "cardi", "mediastin")
+GENERAL_TASKS = ("report_findings", "report_impression", "classification")
+
+
+def _rng(record_id: str) -> random.Random:
+    return random.Random(int(hashlib.sha256(record_id.encode()).hexdigest()[:16], 16))
+
+
+def _noun_phrase(name: str) -> str:
+    """ "a nodule", "an effusion", "consolidation" (mass nouns take no article)."""
+    if name in MASS_NOUNS:
+        return name
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def _finding_for(box: dict, findings: list[dict]) -> dict | None:
+    """The phantom finding behind a ground-truth box: same box, else same label or name."""
+    for key in ("box", "label", "name"):
+        value = box["box"] if key == "box" else box["label"]
+        for f in findings:
+            if f.get(key) is not None and (f[key] == value or str(f[key]).lower() == str(value).lower()):
+                return f
+    return None
+
+
+def finding_sentence(rng: random.Random, gt: dict, finding: dict | None, anatomy: dict) -> str:
+    box = format_box(gt["box"])
+    name = str((finding or {}).get("name") or gt["label"]).replace("_", " ").strip()
+    if "cardiomegaly" in name.lower() or (anatomy.get("heart") and list(gt["box"]) == list(anatomy["heart"])):
+        return rng.choice(ENLARGED_HEART).format(box=box)
+    side, zone = (finding or {}).get("side"), (finding or {}).get("zone")
+    where = " ".join(str(w) for w in (side, zone) if w)
+    if where:
+        where = f"{where} zone" if zone else f"{where} lung"
+    name = name.lower()
+    np_ = _noun_phrase(name)
+    values = {"np": np_, "NP": np_[:1].upper() + np_[1:], "Name": name[:1].upper() + name[1:]}
+    templates = FINDING_PLACED if where else FINDING_UNPLACED
+    return rng.choice(templates).format(box=box, where=where, **values)
+
+
+def relevant_anatomy(record: dict, anatomy: dict) -> list[str]:
+    """The parts a negative answer cites: those the question names (heart, a side), else the lungs;
+    a whole-study question (report, classification, "what abnormalities") cites heart and lungs."""
+    q = record["question"].lower()
+    whole = (
+        record["task"] in GENERAL_TASKS or (record.get("meta") or {}).get("question_type") == "abnormality"
+    )
+    parts = ["heart"] if whole or any(w in q for w in HEART_WORDS) else []
+    sides = [s for s in ("right", "left") if s in q]
+    if whole or sides or not parts:
+        parts += [f"{s}_lung" for s in (sides or ["right", "left"])]
+    return [p for p in parts if anatomy.get(p)]
+
+
+def offline_reasoning(record: dict) -> str:
+    """1-3 sentences, each citing one box: the question's ground-truth boxes, else its anatomy."""
+    rng = _rng(record["id"])
+    meta = record.get("meta") or {}
+    findings, anatomy = meta.get("findings") or [], meta.get("anatomy") or {}
+    sentences = [finding_sentence(rng, gt, _finding_for(gt, findings), anatomy) for gt in record["boxes"]]
+    if not sentences:
+        for part in relevant_anatomy(record, anatomy):
+            kind, side = ("heart", "") if part == "heart" else ("lung", part.split("_")[0])
+            sentences.append(rng.choice(NORMAL[kind]).format(box=format_box(anatomy[part]), side=side))
+    return " ".join(sentences[:MAX_SENTENCES])
+
+
+def offline_completion(record: dict) -> str:
+    """The full completion in the paper's format, as a real teacher would reply."""
+    return reasoning_text(offline_reasoning(record), record["answer"])

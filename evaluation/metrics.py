@@ -1,0 +1,537 @@
+"""Metrics over (record, completion) pairs: pure functions, one section per task.
+
+Every function here takes records in the data_prep schema and completion strings, and returns
+plain numbers / dicts; nothing reads files or loads models (report text metrics live in
+``evaluation.nlg``, model-based clinical metrics in ``evaluation.model_metrics``).
+
+Definitions (also in the README's evaluation section):
+
+* **Answer.** The prediction's answer is the content of the LAST balanced ``\\boxed{...}``
+  (``rewards.parsing.last_boxed``), stripped. A completion without one falls back to its raw
+  text with every ``<think>...</think>`` block, stray think tags and a leading
+  "The answer is:" removed; ``answer_source`` says which ("boxed" / "raw") and the results give
+  the boxed rate, so a model that never closes its box is visible, not silently rescued.
+* **VQA** (task ``vqa``). A question is *closed* when the record's ``meta["answer_type"]`` says
+  so, or else when its ground truth is yes/no or at most two words; *list* when the ground truth
+  holds ``|``; otherwise *open*. Closed: normalised exact match (lower case, punctuation and
+  articles removed, whitespace collapsed). List: F1 of the normalised item sets. Open: token F1
+  (SQuAD style). ``accuracy`` is the mean of these per-question scores (micro over questions);
+  it is also given per ``meta["question_type"]`` and as the macro mean over question types.
+* **Classification** (task ``classification``). Answers are label lists joined with " | ";
+  labels are compared case- and whitespace-insensitively. Per label: precision, recall, F1 and
+  support. Micro F1 pools tp/fp/fn over all labels, including predicted labels that never occur
+  in the ground truth (they only add false positives). Macro F1 averages the per-label F1 over
+  labels with ground-truth support. ``exact_match`` is the rate of identical label sets.
+* **Grounding** (task ``grounding``). Predicted boxes are every ``[x0, y0, x1, y1]`` in the
+  answer; ground truth is ``record["boxes"]``. ``miou``: per sample the mean over ground-truth
+  boxes of the best IoU with any predicted box (0 without predictions), averaged over samples.
+  ``acc50``: the first predicted box overlaps some ground-truth box with IoU >= 0.5.
+  ``map50``: boxes from a generative model carry no confidence, so every predicted box has
+  score 1 and the precision-recall curve is a single point; with one-to-one matching at
+  IoU >= 0.5 (maximum bipartite matching per sample) AP@0.5 = precision x recall for each class
+  (the class of a sample is ``meta["label"]`` or its most frequent box label) and mAP@0.5 is the
+  mean over classes.
+* **Reasoning** (every task, when the prompt asked for reasoning). ``format_rate``: after the
+  released reward's normalisation (whitespace around ``<``, ``>``, ``/`` removed) the completion
+  starts with ``<think>``, holds exactly one think block and a ``\\boxed{}`` after it.
+  ``paper_format_rate``: the released reward's own format regex. ``boxes_per_answer``: boxes
+  cited in the (first) think block per completion. ``valid_box_rate``: cited boxes inside the
+  record's width x height frame with x0 < x1 and y0 < y1 (``data_prep.schema.box_problem``),
+  pooled over all cited boxes. For samples with ground-truth boxes: ``cited_box_iou`` = mean over
+  ground-truth boxes of the best IoU of any cited box (0 when nothing is cited) - a measurable
+  stand-in for the paper's "grounded preference"; ``cited_box_iou_hungarian`` is the stricter
+  one-to-one version (Hungarian matching, one cited box cannot cover several findings);
+  ``cited_precision_iou`` = mean over cited boxes of their best IoU with a ground-truth box
+  (punishes box spam, over samples that cite at least one box); ``cited_hit50`` = some cited box
+  has IoU >= 0.5 with some ground-truth box.
+* **Confidence intervals.** 95% percentile bootstrap over samples (1000 resamples, seeded);
+  ratio metrics (micro F1, mAP, valid-box rate, corpus BLEU) are recomputed from resampled counts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from data_prep.schema import box_problem
+from rewards.parsing import THINK_RE, boxed_spans, find_boxes, last_boxed, think_block
+
+REPORT_TASKS = ("report_findings", "report_impression")
+GROUPS = ("report", "vqa", "classification", "grounding")
+
+
+def task_group(task: str) -> str:
+    return "report" if task in REPORT_TASKS else task
+
+
+# ----------------------------------------------------------------------------- answers
+
+_ANSWER_LEAD = re.compile(r"^\s*(the\s+)?(final\s+)?answer\s*(is)?\s*:?\s*", re.IGNORECASE)
+
+
+def extract_answer(text: str) -> tuple[str, str]:
+    """(answer, source): the last \\boxed{} content ("boxed"), else the raw text ("raw")."""
+    text = text or ""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed.strip(), "boxed"
+    raw = THINK_RE.sub(" ", text).replace("<think>", " ").replace("</think>", " ")
+    raw = _ANSWER_LEAD.sub("", raw.strip().lstrip(".").strip())
+    return raw.strip(), "raw"
+
+
+# ----------------------------------------------------------------------------- text normalisation
+
+_PUNCT = re.compile(r"[^\w\s]|_")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_text(s: str) -> str:
+    """Lower case, punctuation -> space, articles removed, whitespace collapsed."""
+    s = _PUNCT.sub(" ", (s or "").lower())
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def exact_match(pred: str, gold: str) -> float:
+    return float(normalize_text(pred) == normalize_text(gold))
+
+
+def token_f1(pred: str, gold: str) -> float:
+    """SQuAD-style token F1 of normalised texts (both empty -> 1, one empty -> 0)."""
+    p, g = normalize_text(pred).split(), normalize_text(gold).split()
+    if not p or not g:
+        return float(p == g)
+    common = sum((Counter(p) & Counter(g)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _items(answer: str) -> set[str]:
+    return {normalize_text(a) for a in (answer or "").split("|") if normalize_text(a)}
+
+
+def set_f1(pred_items: set, gold_items: set) -> float:
+    """F1 of two sets (both empty -> 1)."""
+    if not pred_items and not gold_items:
+        return 1.0
+    tp = len(pred_items & gold_items)
+    return 2 * tp / (len(pred_items) + len(gold_items))
+
+
+def list_f1(pred: str, gold: str) -> float:
+    """F1 of the normalised " | "-separated items."""
+    return set_f1(_items(pred), _items(gold))
+
+
+# ----------------------------------------------------------------------------- VQA
+
+YES_NO = {"yes", "no"}
+
+
+def vqa_kind(record: dict) -> str:
+    """ "closed", "list" or "open" (meta["answer_type"] wins when it says closed/open)."""
+    declared = str((record.get("meta") or {}).get("answer_type", "")).lower()
+    if declared in ("closed", "open"):
+        return declared
+    gold = record["answer"]
+    if "|" in gold:
+        return "list"
+    if normalize_text(gold) in YES_NO or len(gold.split()) <= 2:
+        return "closed"
+    return "open"
+
+
+def vqa_score(pred_answer: str, record: dict) -> tuple[str, float]:
+    kind = vqa_kind(record)
+    gold = record["answer"]
+    if kind == "closed":
+        return kind, exact_match(pred_answer, gold)
+    if kind == "list":
+        return kind, list_f1(pred_answer, gold)
+    return kind, token_f1(pred_answer, gold)
+
+
+def question_type(record: dict) -> str:
+    return str((record.get("meta") or {}).get("question_type") or "unknown")
+
+
+def vqa_metrics(records: Sequence[dict], answers: Sequence[str]) -> tuple[dict, np.ndarray]:
+    """Summary and per-question scores (0..1)."""
+    kinds, scores = [], []
+    for rec, ans in zip(records, answers, strict=True):
+        kind, score = vqa_score(ans, rec)
+        kinds.append(kind)
+        scores.append(score)
+    scores = np.asarray(scores, dtype=float)
+    out: dict = {"n": len(scores), "accuracy": _mean(scores)}
+    out["by_kind"] = {
+        k: {"n": int(sum(1 for x in kinds if x == k)), "score": _mean(scores[[x == k for x in kinds]])}
+        for k in ("closed", "list", "open")
+        if k in kinds
+    }
+    qtypes = [question_type(r) for r in records]
+    by_type = {}
+    for qt in sorted(set(qtypes)):
+        mask = np.array([q == qt for q in qtypes])
+        by_type[qt] = {"n": int(mask.sum()), "accuracy": _mean(scores[mask])}
+    out["by_question_type"] = by_type
+    out["macro_accuracy_over_question_types"] = _mean([v["accuracy"] for v in by_type.values()])
+    return out, scores
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+def label_key(label: str) -> str:
+    return " ".join(label.lower().split())
+
+
+def label_set(answer: str) -> set[str]:
+    return {label_key(a) for a in (answer or "").split("|") if label_key(a)}
+
+
+def f1_from_counts(tp: float, fp: float, fn: float) -> float | None:
+    denom = 2 * tp + fp + fn
+    return None if denom == 0 else 2 * tp / denom
+
+
+def classification_counts(
+    gold_sets: Sequence[set], pred_sets: Sequence[set]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Per-sample count arrays: (labels, counts[n, L, 3] as tp/fp/fn, extra_fp[n]).
+
+    Labels are those with ground-truth support; predicted labels outside that set go to extra_fp.
+    """
+    labels = sorted(set().union(*gold_sets)) if gold_sets else []
+    index = {lab: i for i, lab in enumerate(labels)}
+    counts = np.zeros((len(gold_sets), len(labels), 3), dtype=float)
+    extra_fp = np.zeros(len(gold_sets), dtype=float)
+    for n, (gold, pred) in enumerate(zip(gold_sets, pred_sets, strict=True)):
+        for lab in gold & pred:
+            counts[n, index[lab], 0] += 1
+        for lab in pred - gold:
+            if lab in index:
+                counts[n, index[lab], 1] += 1
+            else:
+                extra_fp[n] += 1
+        for lab in gold - pred:
+            counts[n, index[lab], 2] += 1
+    return labels, counts, extra_fp
+
+
+def micro_f1_from(counts: np.ndarray, extra_fp: np.ndarray) -> float | None:
+    tp, fp, fn = counts[..., 0].sum(), counts[..., 1].sum() + extra_fp.sum(), counts[..., 2].sum()
+    return f1_from_counts(tp, fp, fn)
+
+
+def macro_f1_from(counts: np.ndarray) -> float | None:
+    per = counts.sum(axis=0)  # L x 3
+    support = per[:, 0] + per[:, 2]
+    f1s = [f1_from_counts(*row) for row, s in zip(per, support) if s > 0]
+    return float(np.mean(f1s)) if f1s else None
+
+
+def classification_metrics(records: Sequence[dict], answers: Sequence[str]) -> tuple[dict, dict]:
+    """Summary (per-label, micro, macro F1, exact match) and the per-sample arrays for bootstrap."""
+    gold_sets = [label_set(r["answer"]) for r in records]
+    pred_sets = [label_set(a) for a in answers]
+    labels, counts, extra_fp = classification_counts(gold_sets, pred_sets)
+    display = {}
+    for r in records:
+        for lab in r["answer"].split("|"):
+            display.setdefault(label_key(lab), lab.strip())
+    per_label = {}
+    for i, lab in enumerate(labels):
+        tp, fp, fn = counts[:, i, :].sum(axis=0)
+        per_label[display.get(lab, lab)] = {
+            "precision": tp / (tp + fp) if tp + fp else 0.0,
+            "recall": tp / (tp + fn) if tp + fn else None,
+            "f1": f1_from_counts(tp, fp, fn),
+            "support": int(tp + fn),
+            "predicted": int(tp + fp),
+        }
+    unseen = Counter(lab for p, g in zip(pred_sets, gold_sets) for lab in p - set(labels))
+    exact = np.array([float(p == g) for p, g in zip(pred_sets, gold_sets)])
+    tp, fp, fn = counts[..., 0].sum(), counts[..., 1].sum() + extra_fp.sum(), counts[..., 2].sum()
+    out = {
+        "n": len(records),
+        "micro_f1": micro_f1_from(counts, extra_fp),
+        "macro_f1": macro_f1_from(counts),
+        "micro_precision": tp / (tp + fp) if tp + fp else 0.0,
+        "micro_recall": tp / (tp + fn) if tp + fn else None,
+        "exact_match": _mean(exact),
+        "per_label": per_label,
+        "predicted_labels_not_in_ground_truth": dict(unseen.most_common()),
+    }
+    return out, {"counts": counts, "extra_fp": extra_fp, "exact": exact}
+
+
+# ----------------------------------------------------------------------------- boxes
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two [x0, y0, x1, y1] boxes; degenerate boxes (x1 <= x0 or y1 <= y0) have area 0."""
+    ax0, ay0, ax1, ay1 = a
+    bx0, by0, bx1, by1 = b
+    iw = min(ax1, bx1) - max(ax0, bx0)
+    ih = min(ay1, by1) - max(ay0, by0)
+    inter = max(0.0, iw) * max(0.0, ih)
+    area_a = max(0.0, ax1 - ax0) * max(0.0, ay1 - ay0)
+    area_b = max(0.0, bx1 - bx0) * max(0.0, by1 - by0)
+    union = area_a + area_b - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def iou_matrix(gt: Sequence, pred: Sequence) -> np.ndarray:
+    return np.array([[box_iou(g, p) for p in pred] for g in gt], dtype=float).reshape(len(gt), len(pred))
+
+
+def best_match_iou(gt: Sequence, pred: Sequence) -> float | None:
+    """Mean over ground-truth boxes of the best IoU with any predicted box (None without gt)."""
+    if not gt:
+        return None
+    if not pred:
+        return 0.0
+    return float(iou_matrix(gt, pred).max(axis=1).mean())
+
+
+def hungarian_iou(gt: Sequence, pred: Sequence) -> float | None:
+    """One-to-one version: maximum-IoU assignment, unmatched ground-truth boxes count 0."""
+    if not gt:
+        return None
+    if not pred:
+        return 0.0
+    from scipy.optimize import linear_sum_assignment
+
+    m = iou_matrix(gt, pred)
+    rows, cols = linear_sum_assignment(-m)
+    return float(m[rows, cols].sum() / len(gt))
+
+
+def precision_iou(gt: Sequence, pred: Sequence) -> float | None:
+    """Mean over predicted boxes of the best IoU with a ground-truth box (None if either is empty)."""
+    if not gt or not pred:
+        return None
+    return float(iou_matrix(gt, pred).max(axis=0).mean())
+
+
+def matched_count(gt: Sequence, pred: Sequence, threshold: float = 0.5) -> int:
+    """True positives: maximum one-to-one matching of pairs with IoU >= threshold."""
+    if not gt or not pred:
+        return 0
+    from scipy.optimize import linear_sum_assignment
+
+    ok = (iou_matrix(gt, pred) >= threshold).astype(float)
+    rows, cols = linear_sum_assignment(-ok)
+    return int(ok[rows, cols].sum())
+
+
+def grounding_class(record: dict) -> str:
+    meta_label = (record.get("meta") or {}).get("label")
+    if meta_label:
+        return label_key(str(meta_label))
+    labels = [label_key(b["label"]) for b in record["boxes"]]
+    return Counter(labels).most_common(1)[0][0] if labels else "unknown"
+
+
+def map_from_rows(rows: np.ndarray, n_classes: int) -> float | None:
+    """mAP@thr from per-sample rows [class, tp, n_pred, n_gt] (single-point PR: AP = P x R)."""
+    cls = rows[:, 0].astype(int)
+    tp = np.bincount(cls, weights=rows[:, 1], minlength=n_classes)
+    npred = np.bincount(cls, weights=rows[:, 2], minlength=n_classes)
+    ngt = np.bincount(cls, weights=rows[:, 3], minlength=n_classes)
+    present = ngt > 0
+    if not present.any():
+        return None
+    precision = np.divide(tp, npred, out=np.zeros_like(tp), where=npred > 0)
+    recall = np.divide(tp, ngt, out=np.zeros_like(tp), where=ngt > 0)
+    return float((precision * recall)[present].mean())
+
+
+def answer_boxes(answer: str) -> list[list[float]]:
+    return find_boxes(answer or "")
+
+
+def grounding_metrics(
+    records: Sequence[dict], answers: Sequence[str], threshold: float = 0.5
+) -> tuple[dict, dict]:
+    classes = sorted({grounding_class(r) for r in records})
+    cindex = {c: i for i, c in enumerate(classes)}
+    rows, ious, acc, parsed = [], [], [], []
+    for rec, ans in zip(records, answers, strict=True):
+        gt = [b["box"] for b in rec["boxes"]]
+        pred = answer_boxes(ans)
+        rows.append([cindex[grounding_class(rec)], matched_count(gt, pred, threshold), len(pred), len(gt)])
+        ious.append(best_match_iou(gt, pred) or 0.0)
+        acc.append(float(bool(pred) and bool(gt) and max(box_iou(g, pred[0]) for g in gt) >= threshold))
+        parsed.append(float(bool(pred)))
+    rows = np.asarray(rows, dtype=float).reshape(-1, 4)
+    tp, npred, ngt = rows[:, 1].sum(), rows[:, 2].sum(), rows[:, 3].sum()
+    per_class = {}
+    for c, i in cindex.items():
+        sel = rows[rows[:, 0] == i]
+        p = sel[:, 1].sum() / sel[:, 2].sum() if sel[:, 2].sum() else 0.0
+        r = sel[:, 1].sum() / sel[:, 3].sum() if sel[:, 3].sum() else 0.0
+        per_class[c] = {"n": len(sel), "precision50": p, "recall50": r, "ap50": p * r}
+    out = {
+        "n": len(records),
+        "map50": map_from_rows(rows, len(classes)) if len(rows) else None,
+        "miou": _mean(ious),
+        "acc50": _mean(acc),
+        "precision50": tp / npred if npred else 0.0,
+        "recall50": tp / ngt if ngt else None,
+        "answer_has_box_rate": _mean(parsed),
+        "per_class": per_class,
+        "iou_threshold": threshold,
+    }
+    return out, {"rows": rows, "n_classes": len(classes), "iou": np.asarray(ious), "acc50": np.asarray(acc)}
+
+
+# ----------------------------------------------------------------------------- reasoning
+
+_TAG_SPACE = re.compile(r"\s*(<|>|/)\s*")
+PAPER_FORMAT_RE = re.compile(r"<think>.*</think>.*\\boxed\{.*\}.*", re.DOTALL)
+
+
+def normalize_tags(text: str) -> str:
+    """The released reward's normalisation: whitespace around <, > and / removed."""
+    return _TAG_SPACE.sub(r"\1", text or "")
+
+
+def format_ok(text: str) -> bool:
+    """One think block at the start, then a balanced \\boxed{} after it."""
+    t = normalize_tags(text).strip()
+    if not t.startswith("<think>") or t.count("<think>") != 1 or t.count("</think>") != 1:
+        return False
+    end = t.index("</think>")
+    return any(start > end for start, _, _ in boxed_spans(t))
+
+
+def paper_format_ok(text: str) -> bool:
+    return PAPER_FORMAT_RE.fullmatch(normalize_tags(text)) is not None
+
+
+def cited_boxes(text: str) -> list[list[float]]:
+    """Boxes cited in the (first) think block; none without a think block."""
+    think = think_block(text or "")
+    return find_boxes(think) if think is not None else []
+
+
+def reasoning_sample(text: str, record: dict) -> dict:
+    """Per-completion reasoning facts: format, cited boxes, their validity and overlap with gt."""
+    cited = cited_boxes(text)
+    valid = [box_problem(b, record["width"], record["height"]) is None for b in cited]
+    gt = [b["box"] for b in record.get("boxes") or []]
+    hit = None
+    if gt:
+        hit = bool(cited) and float(iou_matrix(gt, cited).max()) >= 0.5
+    return {
+        "format": format_ok(text),
+        "paper_format": paper_format_ok(text),
+        "has_think": think_block(text or "") is not None,
+        "has_boxed": last_boxed(text or "") is not None,
+        "cited_boxes": cited,
+        "n_boxes": len(cited),
+        "n_valid": int(sum(valid)),
+        "cited_iou": best_match_iou(gt, cited),
+        "cited_iou_hungarian": hungarian_iou(gt, cited),
+        "cited_precision_iou": precision_iou(gt, cited),
+        "cited_hit50": hit,
+    }
+
+
+def reasoning_metrics(samples: Sequence[dict]) -> tuple[dict, dict]:
+    """Aggregate reasoning_sample() dicts."""
+
+    def col(key):
+        return np.array([float(s[key]) for s in samples], dtype=float)
+
+    def opt(key):
+        return np.array([float(s[key]) for s in samples if s[key] is not None], dtype=float)
+
+    n_boxes, n_valid = col("n_boxes"), col("n_valid")
+    out = {
+        "n": len(samples),
+        "format_rate": _mean(col("format")),
+        "paper_format_rate": _mean(col("paper_format")),
+        "think_rate": _mean(col("has_think")),
+        "boxed_rate": _mean(col("has_boxed")),
+        "boxes_per_answer": _mean(n_boxes),
+        "answers_citing_boxes_rate": _mean(n_boxes > 0),
+        "cited_boxes": int(n_boxes.sum()),
+        "valid_box_rate": float(n_valid.sum() / n_boxes.sum()) if n_boxes.sum() else None,
+        "n_with_gt_boxes": len(opt("cited_iou")),
+        "cited_box_iou": _mean(opt("cited_iou")),
+        "cited_box_iou_hungarian": _mean(opt("cited_iou_hungarian")),
+        "cited_precision_iou": _mean(opt("cited_precision_iou")),
+        "cited_hit50": _mean(opt("cited_hit50")),
+    }
+    arrays = {
+        "format": col("format"),
+        "boxes": n_boxes,
+        "valid_rows": np.stack([n_valid, n_boxes], axis=1) if len(samples) else np.zeros((0, 2)),
+        "cited_iou": opt("cited_iou"),
+    }
+    return out, arrays
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+def bootstrap_ci(
+    data,
+    statistic: Callable[[np.ndarray], float | None] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float | None, float | None]:
+    """Percentile bootstrap CI of ``statistic`` (default: the mean) over the rows of ``data``.
+
+    Resamples rows with replacement ``n_resamples`` times from ``np.random.default_rng(seed)``:
+    the same data and seed always give the same interval.
+    """
+    data = np.asarray(data, dtype=float)
+    if statistic is None and data.ndim != 1:
+        raise ValueError("bootstrap_ci: the default statistic (mean) needs 1-D data")
+    n = len(data)
+    if n == 0 or n_resamples <= 0:
+        return None, None
+    rng = np.random.default_rng(seed)
+    stats = []
+    chunk = max(1, min(n_resamples, 2_000_000 // max(n, 1)))
+    done = 0
+    while done < n_resamples:
+        k = min(chunk, n_resamples - done)
+        idx = rng.integers(0, n, size=(k, n))
+        if statistic is None:
+            stats.extend(data[idx].mean(axis=1).tolist())
+        else:
+            for row in idx:
+                value = statistic(data[row])
+                if value is not None:
+                    stats.append(value)
+        done += k
+    if not stats:
+        return None, None
+    lo, hi = np.percentile(np.asarray(stats, dtype=float), [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def headline_entry(value, ci: tuple[float | None, float | None], n: int) -> dict:
+    return {
+        "value": None if value is None else float(value),
+        "ci_low": ci[0],
+        "ci_high": ci[1],
+        "n": int(n),
+    }
+
+
+def _mean(values) -> float | None:
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()) if values.size else None

@@ -1,0 +1,333 @@
+"""Evaluate a checkpoint on a test set: generate (resumable), score, write results and a gallery.
+
+    python -m evaluation.run --model outputs/grpo --data data/phantom --out outputs/eval/grpo \\
+        [--split test] [--limit N] [--batch-size 8] [--backend transformers|vllm] \\
+        [--reasoning/--no-reasoning] [--max-new-tokens 256] [--name NAME]
+
+Writes into OUT:
+  predictions.jsonl  one line per record as it is generated: {"id", "completion"}; a rerun (after
+                     a crash or a kill) skips the ids already there and generates only the rest
+  run_config.json    model, data, split, prompt mode, decoding: a rerun with other settings refuses
+                     to mix them into the same predictions (use --overwrite or another --out)
+  results.json       metrics per task group, the headline metrics with 95% bootstrap CIs, timing
+  per_sample.jsonl   the extracted answer and per-sample scores of every record
+  gallery.html       sampled images with the model's reasoning, its cited boxes and the gt boxes
+
+``--metrics-only`` scores an existing predictions.jsonl without loading a model (e.g. predictions
+written by another system in the same format). Function API: ``evaluate(...)`` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_prep.io import atomic_write_text, read_records, write_jsonl
+from evaluation.generation import BACKENDS
+
+PREDICTIONS = "predictions.jsonl"
+RUN_CONFIG = "run_config.json"
+RESULTS = "results.json"
+PER_SAMPLE = "per_sample.jsonl"
+GALLERY = "gallery.html"
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+# ----------------------------------------------------------------------------- predictions file
+
+
+def load_predictions(path: str | Path, repair: bool = False) -> dict[str, str]:
+    """{id: completion} from a predictions file; a torn last line (killed mid-write) is dropped.
+
+    With ``repair`` the file is rewritten without the broken line, so that appending continues
+    on a clean line boundary.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    preds: dict[str, str] = {}
+    good_lines, broken = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                preds[str(row["id"])] = row["completion"]
+                good_lines.append(line if line.endswith("\n") else line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                broken += 1
+    if repair and (broken or (good_lines and not path.read_text(encoding="utf-8").endswith("\n"))):
+        atomic_write_text(path, "".join(good_lines))
+        if broken:
+            print(
+                f"{path}: dropped {broken} broken line(s) (an interrupted write); they will be generated again"
+            )
+    return preds
+
+
+def append_predictions(path: Path, rows: list[dict]) -> None:
+    """Append and fsync: a kill loses at most the batch being written."""
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _check_config(out: Path, config: dict, overwrite: bool) -> None:
+    path = out / RUN_CONFIG
+    keys = ("model", "data", "split", "reasoning", "max_new_tokens", "backend")
+    if path.exists() and not overwrite and (out / PREDICTIONS).exists():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), config[k]) for k in keys if old.get(k) != config[k]}
+        if diff:
+            lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
+            raise SystemExit(
+                f"{out} holds predictions made with other settings ({lines}). Use another --out, "
+                "or --overwrite to start again."
+            )
+    atomic_write_text(path, json.dumps(config, indent=2) + "\n")
+
+
+def _model_id(model_path) -> str | None:
+    """A local model folder as an absolute path (a resumed run may be started from elsewhere)."""
+    if not model_path:
+        return None
+    p = Path(model_path)
+    return str(p.resolve()) if p.exists() else str(model_path)
+
+
+# ----------------------------------------------------------------------------- the API
+
+
+def evaluate(
+    model_path: str | None,
+    data_dir: str,
+    out_dir: str,
+    split: str = "test",
+    limit: int | None = None,
+    batch_size: int = 8,
+    reasoning: bool = True,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    backend: str = "transformers",
+    name: str | None = None,
+    meteor: bool = True,
+    model_metrics: bool = True,
+    n_boot: int = 1000,
+    seed: int = 0,
+    gallery: int = 24,
+    overwrite: bool = False,
+    metrics_only: bool = False,
+    progress: bool = True,
+    threads: int | None = None,
+) -> dict:
+    """Generate what is missing from OUT/predictions.jsonl, then score; returns the results dict."""
+    from evaluation import nlg
+    from evaluation.scoring import score_run
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}' (expected one of {', '.join(BACKENDS)})")
+    records = read_records(data_dir, split=split)
+    if not records:
+        raise SystemExit(f"{data_dir}: no records in split '{split}'")
+    if limit is not None:
+        records = records[:limit]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred_path = out / PREDICTIONS
+    if overwrite:
+        pred_path.unlink(missing_ok=True)
+    config = {
+        "name": name or (Path(model_path).name if model_path else out.name),
+        "model": _model_id(model_path),
+        "data": str(Path(data_dir).resolve()),
+        "split": split,
+        "reasoning": reasoning,
+        "max_new_tokens": max_new_tokens,
+        "backend": backend,
+        "decoding": "greedy",
+    }
+    if metrics_only and (out / RUN_CONFIG).exists():
+        old = json.loads((out / RUN_CONFIG).read_text())
+        config["name"] = name or old.get("name") or config["name"]
+        config["model"] = config["model"] or old.get("model")
+    if not metrics_only:
+        _check_config(out, config, overwrite)
+
+    if meteor and any(r["task"].startswith("report_") for r in records):
+        nlg.start_meteor()  # its jar loads for ~20 s: let that overlap with generation
+
+    done = load_predictions(pred_path, repair=not metrics_only)
+    todo = [r for r in records if r["id"] not in done]
+    resumed = len(records) - len(todo)
+    gen_seconds = 0.0
+    if todo and metrics_only:
+        raise SystemExit(
+            f"--metrics-only: {len(todo)} of {len(records)} records have no prediction in {pred_path}"
+        )
+    if todo:
+        if not model_path:
+            raise SystemExit("--model is needed to generate predictions")
+        from evaluation.generation import make_generator
+
+        if resumed:
+            print(f"resuming: {resumed} predictions already in {pred_path}, {len(todo)} to generate")
+        t0 = time.perf_counter()
+        generator = make_generator(backend, str(model_path), data_dir, max_new_tokens, threads=threads)
+        load_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with tqdm(total=len(todo), desc=f"generate ({backend})", unit="sample", disable=not progress) as bar:
+            for i in range(0, len(todo), batch_size):
+                batch = todo[i : i + batch_size]
+                completions = generator.generate(batch, reasoning)
+                append_predictions(
+                    pred_path, [{"id": r["id"], "completion": c} for r, c in zip(batch, completions)]
+                )
+                bar.update(len(batch))
+        gen_seconds = time.perf_counter() - t0
+        del generator
+    else:
+        load_seconds = 0.0
+
+    t0 = time.perf_counter()
+    completions = load_predictions(pred_path)
+    results, per_sample = score_run(
+        records, completions, reasoning, meteor=meteor, model_metrics=model_metrics, n_boot=n_boot, seed=seed
+    )
+    score_seconds = time.perf_counter() - t0
+    results = {
+        "run": config,
+        "timing": {
+            "generated": len(todo),
+            "resumed": resumed,
+            "model_load_s": round(load_seconds, 2),
+            "generation_s": round(gen_seconds, 2),
+            "samples_per_s": round(len(todo) / gen_seconds, 3) if gen_seconds else None,
+            "scoring_s": round(score_seconds, 2),
+            "batch_size": batch_size,
+        },
+        "bootstrap": {"resamples": n_boot, "seed": seed, "confidence": 0.95, "method": "percentile"},
+        **results,
+    }
+    atomic_write_text(out / RESULTS, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    write_jsonl(out / PER_SAMPLE, per_sample)
+    if gallery:
+        from evaluation.gallery import write_gallery
+
+        write_gallery(
+            out / GALLERY,
+            records,
+            {config["name"]: completions},
+            data_dir,
+            n=gallery,
+            seed=seed,
+            scores={config["name"]: {row["id"]: row for row in per_sample}},
+        )
+    return results
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def summary_lines(results: dict) -> list[str]:
+    from evaluation.scoring import HEADLINE_LABELS
+
+    lines = [
+        f"{results['run']['name']}: {results['n']} records ({', '.join(f'{k} {v}' for k, v in results['tasks'].items())})"
+    ]
+    for key, h in results["headline"].items():
+        if h["value"] is None:
+            continue
+        ci = f"  [{h['ci_low']:.4f}, {h['ci_high']:.4f}]" if h["ci_low"] is not None else ""
+        lines.append(f"  {HEADLINE_LABELS.get(key, key):<34} {h['value']:.4f}{ci}  (n={h['n']})")
+    skipped = [
+        f"  {k}: {v['reason']}"
+        for k, v in (results.get("report") or {}).items()
+        if isinstance(v, dict) and v.get("status") in ("skipped", "error")
+    ]
+    if skipped:
+        lines.append("skipped report metrics:")
+        lines.extend(skipped)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="model folder (transformers format); not needed with --metrics-only")
+    ap.add_argument("--data", required=True, help="dataset folder with records.jsonl (our schema)")
+    ap.add_argument("--out", required=True, help="output folder of this run")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--limit", type=int, default=None, help="first N records of the split")
+    ap.add_argument("--batch-size", type=int, default=8, help="records per generate call (vLLM: use 256+)")
+    ap.add_argument("--backend", choices=BACKENDS, default="transformers")
+    ap.add_argument(
+        "--reasoning",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ask for <think> reasoning with boxes (paper prompt); --no-reasoning: answer only",
+    )
+    ap.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    ap.add_argument("--name", help="run name in tables (default: the model folder's name)")
+    ap.add_argument(
+        "--no-meteor", dest="meteor", action="store_false", help="skip METEOR (its jar starts in ~20 s)"
+    )
+    ap.add_argument(
+        "--no-model-metrics",
+        dest="model_metrics",
+        action="store_false",
+        help="skip BERTScore / RadGraph / CheXbert even when installed",
+    )
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gallery", type=int, default=24, help="images in gallery.html (0: none)")
+    ap.add_argument("--overwrite", action="store_true", help="drop existing predictions and start again")
+    ap.add_argument(
+        "--metrics-only", action="store_true", help="score OUT/predictions.jsonl, generate nothing"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for generation (default: 1 for models under 50M parameters, else torch's)",
+    )
+    args = ap.parse_args(argv)
+    reasoning = args.reasoning
+    if reasoning is None:  # default: on; --metrics-only keeps the prompt mode the predictions were made with
+        config = Path(args.out) / RUN_CONFIG
+        reasoning = (
+            json.loads(config.read_text()).get("reasoning", True)
+            if args.metrics_only and config.exists()
+            else True
+        )
+    results = evaluate(
+        args.model,
+        args.data,
+        args.out,
+        split=args.split,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        reasoning=reasoning,
+        max_new_tokens=args.max_new_tokens,
+        backend=args.backend,
+        name=args.name,
+        meteor=args.meteor,
+        model_metrics=args.model_metrics,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        gallery=args.gallery,
+        overwrite=args.overwrite,
+        metrics_only=args.metrics_only,
+        threads=args.threads,
+    )
+    print("\n".join(summary_lines(results)))
+    print(f"results: {Path(args.out) / RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
