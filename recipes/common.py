@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 from transformers import AutoProcessor
-from transformers.trainer_utils import get_last_checkpoint
 
 from data_prep.frame import check_processor_frame, read_frame
 
@@ -26,13 +25,23 @@ def load_processor(model_path: str, dataset_path: str, min_pixels: int | None, m
 
 
 def last_checkpoint(output_dir: str, resume: bool) -> str | None:
-    """The checkpoint to resume from: the newest checkpoint-N in output_dir, if any."""
+    """The checkpoint to resume from: the newest *complete* checkpoint-N in output_dir.
+
+    A run killed while saving leaves a checkpoint folder without trainer_state.json (written
+    last); transformers' get_last_checkpoint would pick it and crash, so we skip it."""
     if not resume or not os.path.isdir(output_dir):
         return None
-    ckpt = get_last_checkpoint(output_dir)
-    if ckpt:
-        print(f"resuming from {ckpt}")
-    return ckpt
+    ckpts = sorted(
+        (p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for ckpt in ckpts:
+        if (ckpt / "trainer_state.json").exists():
+            print(f"resuming from {ckpt}")
+            return str(ckpt)
+        print(f"skipping incomplete checkpoint {ckpt} (no trainer_state.json: the run died while saving)")
+    return None
 
 
 def save_final(trainer, processor, output_dir: str, model_args, merge_lora: bool = True) -> None:

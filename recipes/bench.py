@@ -1,0 +1,171 @@
+"""`make bench`: every benchmark of the repository, figures merged into one JSON file.
+
+    python -m recipes.bench --out outputs/bench.json [--only sft rewards grpo data]
+
+- sft:     steps/s and peak RSS of the demo SFT recipe (recipes/demo/sft.yaml) on the tiny model
+- rewards: completions/s of each reward and of the paper / grounded sets (rewards.bench)
+- grpo:    s/step and peak RSS of recipes/grpo.py vs a bare TRL GRPOTrainer script, same run
+- data:    records/s of the MIMIC converter and images/s of the image step (data_prep.bench)
+
+Training benchmarks need the demo's data and models; missing ones are built first.
+Each figure is measured in a child process; peak RSS is that process's maxrss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from data_prep.io import atomic_write_text
+
+PY = [sys.executable, "-m"]
+
+
+def child(cmd: list[str]) -> dict:
+    """Run a child process; return its wall time, peak RSS (MiB) and output."""
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode:
+        raise SystemExit(
+            f"benchmark command failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    # getrusage(RUSAGE_CHILDREN) is the max over finished children; run one benchmark per process.
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"wall_s": wall, "peak_rss_mib": peak, "out": proc.stdout + proc.stderr}
+
+
+def train_runtime(log: str) -> tuple[float, int]:
+    """(train_runtime seconds, steps) from a HF Trainer log: the loop only, without start-up."""
+    m = re.findall(r"'train_runtime': '?([\d.]+)'?", log)
+    steps = re.findall(r"'train_steps_per_second': '?([\d.]+)'?", log)
+    if not m:
+        raise SystemExit("no train_runtime in the training log")
+    runtime = float(m[-1])
+    return runtime, round(runtime * float(steps[-1])) if steps else 0
+
+
+def isolated(bench: str, args: argparse.Namespace) -> dict:
+    """Run one benchmark in a fresh interpreter so its peak RSS is its own."""
+    cmd = PY + ["recipes.bench", "--one", bench, "--outputs", args.outputs, "--steps", str(args.steps)]
+    res = child(cmd)
+    return json.loads(res["out"].strip().splitlines()[-1])
+
+
+def ensure_demo_inputs(outputs: Path, need_coldstart: bool) -> None:
+    stop = "coldstart" if need_coldstart else "tiny-model"
+    done = outputs / (
+        "demo/coldstart/model.safetensors" if need_coldstart else "tiny-qwen2.5-vl/tiny_model.json"
+    )
+    if not done.exists():
+        subprocess.run(PY + ["recipes.demo", "--out", str(outputs), "--stop-after", stop], check=True)
+
+
+def bench_sft(outputs: Path, steps: int) -> dict:
+    ensure_demo_inputs(outputs, need_coldstart=False)
+    if not (outputs / "phantom/records.jsonl").exists():
+        subprocess.run(PY + ["recipes.demo", "--out", str(outputs), "--stop-after", "phantom"], check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = child(
+            PY + ["recipes.sft", "--config", "recipes/demo/sft.yaml", "--model_name_or_path",
+                  str(outputs / "tiny-qwen2.5-vl"), "--dataset_path", str(outputs / "phantom"),
+                  "--output_dir", tmp, "--max_steps", str(steps), "--save_strategy", "no", "--disable_tqdm", "true"]
+        )  # fmt: skip
+    runtime, n = train_runtime(res["out"])
+    return {
+        "recipe": "recipes/demo/sft.yaml",
+        "steps": n,
+        "steps_per_s": n / runtime,
+        "peak_rss_mib": res["peak_rss_mib"],
+    }
+
+
+def bench_grpo_one(outputs: Path, steps: int, bare: bool) -> dict:
+    model, data = outputs / "demo/coldstart", outputs / "phantom"
+    with tempfile.TemporaryDirectory() as tmp:
+        if bare:
+            cmd = PY + ["recipes.bench_grpo_bare", "--model", str(model), "--data", str(data), "--output_dir", tmp,
+                        "--max_steps", str(steps)]  # fmt: skip
+        else:
+            cmd = PY + ["recipes.grpo", "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", str(model),
+                        "--dataset_path", str(data), "--output_dir", tmp, "--max_steps", str(steps),
+                        "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1"]  # fmt: skip
+        res = child(cmd)
+    runtime, n = train_runtime(res["out"])
+    return {
+        "s_per_step": runtime / steps,
+        "steps": steps,
+        "peak_rss_mib": res["peak_rss_mib"],
+        "wall_s": res["wall_s"],
+    }
+
+
+def bench_grpo(args) -> dict:
+    ensure_demo_inputs(Path(args.outputs), need_coldstart=True)
+    ours, bare = isolated("grpo-ours", args), isolated("grpo-bare", args)
+    return {
+        "ours": ours,
+        "bare_trl": bare,
+        "step_time_overhead": ours["s_per_step"] / bare["s_per_step"] - 1,
+        "peak_rss_overhead": ours["peak_rss_mib"] / bare["peak_rss_mib"] - 1,
+        "target_overhead": 0.05,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="outputs/bench.json")
+    ap.add_argument("--only", nargs="*", choices=["sft", "rewards", "grpo", "data"])
+    ap.add_argument("--outputs", default="outputs", help="where the demo's data and models live")
+    ap.add_argument("--steps", type=int, default=20, help="training steps per training benchmark")
+    ap.add_argument("--data-studies", type=int, default=20000)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    outputs = Path(args.outputs)
+
+    if args.one:  # child mode: one benchmark, JSON on the last line
+        fn = {
+            "sft": lambda: bench_sft(outputs, args.steps),
+            "grpo-ours": lambda: bench_grpo_one(outputs, args.steps, bare=False),
+            "grpo-bare": lambda: bench_grpo_one(outputs, args.steps, bare=True),
+        }[args.one]
+        print(json.dumps(fn()))
+        return
+
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results["machine"] = {
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    todo = args.only or ["sft", "rewards", "grpo", "data"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in todo:
+            print(f"[bench] {name} ...", flush=True)
+            if name == "sft":
+                results["sft"] = isolated("sft", args)
+            elif name == "grpo":
+                results["grpo"] = bench_grpo(args)
+            elif name == "rewards":
+                child(PY + ["rewards.bench", "--out", f"{tmp}/rewards.json"])
+                results["rewards"] = json.loads(Path(f"{tmp}/rewards.json").read_text())
+            elif name == "data":
+                child(
+                    PY + ["data_prep.bench", "--studies", str(args.data_studies), "--out", f"{tmp}/data.json"]
+                )
+                results["data"] = json.loads(Path(f"{tmp}/data.json").read_text())
+            print(json.dumps(results[name], indent=2)[:2000], flush=True)
+    atomic_write_text(out, json.dumps(results, indent=2) + "\n")
+    print(f"benchmarks written to {out}")
+
+
+if __name__ == "__main__":
+    main()

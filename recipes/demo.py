@@ -1,0 +1,229 @@
+"""`make demo`: the whole DeepMedix-R1 pipeline on a laptop CPU, offline, in minutes.
+
+    phantom X-rays -> tiny Qwen2.5-VL -> stage 1 SFT -> cold-start data (offline teacher)
+    -> stage 2 cold-start SFT -> stage 3 GRPO -> evaluation of every stage + comparison table
+
+Each stage runs as its own process with the same command a user would type (printed before
+it runs), so the demo doubles as a walkthrough. Finished stages are skipped on a rerun
+(`--fresh` starts over). Outputs land in `--out` (default `outputs/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STAGES = ("phantom", "tiny-model", "sft", "coldstart-data", "coldstart", "grpo", "eval")
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run one stage, echoing the command; its output goes to the terminal and to `log`."""
+    print(f"\n$ {' '.join(cmd)}", flush=True)
+    t0 = time.time()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in proc.stdout:
+            f.write(line)
+            if not line.lstrip().startswith(("{'loss'", "[20")) and "Warning" not in line:
+                sys.stdout.write(line)
+        if proc.wait():
+            raise SystemExit(f"stage failed (exit {proc.returncode}): {' '.join(cmd)}\nfull log: {log}")
+    return time.time() - t0
+
+
+def plot_rewards(grpo_dir: Path, png: Path) -> Path | None:
+    """Reward curves (one line per reward function) from the GRPO run's trainer_state.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    states = sorted(
+        grpo_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])
+    )
+    state_file = grpo_dir / "trainer_state.json"
+    state_file = state_file if state_file.exists() else (states[-1] if states else None)
+    if state_file is None:
+        return None
+    history = [h for h in json.loads(state_file.read_text())["log_history"] if "reward" in h]
+    keys = sorted({k for h in history for k in h if k.startswith("rewards/") and k.endswith("/mean")})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["reward"] for h in history], "k-", lw=2, label="total (weighted)")
+    for k in keys:
+        ax.plot(steps, [h.get(k) for h in history], marker=".", label=k.split("/")[1])
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward")
+    ax.set_title("Demo GRPO: reward per function")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="outputs")
+    ap.add_argument("--studies", type=int, default=600, help="phantom studies to generate")
+    ap.add_argument("--size", type=int, default=168, help="phantom image side (multiple of 28)")
+    ap.add_argument("--eval-limit", type=int, default=200, help="test records evaluated per stage")
+    ap.add_argument("--stop-after", choices=STAGES, default="eval")
+    ap.add_argument("--fresh", action="store_true", help="delete previous demo outputs first")
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    demo = out / "demo"
+    if args.fresh:
+        for p in (demo, out / "phantom", out / "coldstart", out / "tiny-qwen2.5-vl"):
+            shutil.rmtree(p, ignore_errors=True)
+    py = [sys.executable, "-m"]
+    phantom, tiny, coldstart_data = out / "phantom", out / "tiny-qwen2.5-vl", out / "coldstart"
+    stage_dirs = {"sft": demo / "sft", "coldstart": demo / "coldstart", "grpo": demo / "grpo"}
+    overrides = lambda stage, model, data: [  # noqa: E731 - keep each command on one readable line
+        "--model_name_or_path",
+        str(model),
+        "--dataset_path",
+        str(data),
+        "--output_dir",
+        str(stage_dirs[stage]),
+    ]
+    plan = [
+        (
+            "phantom",
+            phantom / "records.jsonl",
+            py
+            + [
+                "data_prep.phantom",
+                "--n",
+                str(args.studies),
+                "--size",
+                str(args.size),
+                "--out",
+                str(phantom),
+            ],
+        ),
+        (
+            "tiny-model",
+            tiny / "tiny_model.json",
+            py + ["recipes.tiny_model", "--size", str(args.size), "--out", str(tiny)],
+        ),
+        (
+            "sft",
+            stage_dirs["sft"] / "model.safetensors",
+            py + ["recipes.sft", "--config", "recipes/demo/sft.yaml"] + overrides("sft", tiny, phantom),
+        ),
+        (
+            "coldstart-data",
+            coldstart_data / "records.jsonl",
+            py
+            + [
+                "data_prep.coldstart",
+                "--teacher",
+                "offline",
+                "--data",
+                str(phantom),
+                "--out",
+                str(coldstart_data),
+            ],
+        ),
+        (
+            "coldstart",
+            stage_dirs["coldstart"] / "model.safetensors",
+            py
+            + ["recipes.sft", "--config", "recipes/demo/coldstart.yaml"]
+            + overrides("coldstart", stage_dirs["sft"], coldstart_data),
+        ),
+        (
+            "grpo",
+            stage_dirs["grpo"] / "model.safetensors",
+            py
+            + ["recipes.grpo", "--config", "recipes/demo/grpo.yaml"]
+            + overrides("grpo", stage_dirs["coldstart"], phantom),
+        ),
+    ]
+    timings: dict[str, float] = {}
+    t_start = time.time()
+    for name, done_marker, cmd in plan:
+        if done_marker.exists():
+            print(f"[{name}] already done ({done_marker}) - skipping")
+        else:
+            timings[name] = run(cmd, demo / "logs" / f"{name}.log")
+            print(f"[{name}] {timings[name]:.0f} s")
+        if name == args.stop_after:
+            break
+    if "grpo" in timings or (stage_dirs["grpo"] / "model.safetensors").exists():
+        png = plot_rewards(stage_dirs["grpo"], demo / "grpo_rewards.png")
+        if png:
+            print(f"reward curves: {png}")
+
+    if args.stop_after == "eval":
+        evals = demo / "eval"
+        runs = {
+            "base": (tiny, True),
+            "sft": (stage_dirs["sft"], False),
+            "coldstart": (stage_dirs["coldstart"], True),
+            "grpo": (stage_dirs["grpo"], True),
+        }
+        for name, (model, reasoning) in runs.items():
+            if (evals / name / "results.json").exists():
+                print(f"[eval {name}] already done - skipping")
+                continue
+            cmd = py + [
+                "evaluation.run",
+                "--model",
+                str(model),
+                "--data",
+                str(phantom),
+                "--split",
+                "test",
+                "--limit",
+                str(args.eval_limit),
+                "--out",
+                str(evals / name),
+                "--name",
+                name,
+                "--batch-size",
+                "16",
+                "--max-new-tokens",
+                "160",
+                "--bootstrap",
+                "200",
+                "--gallery",
+                "24",
+                "--reasoning" if reasoning else "--no-reasoning",
+            ]
+            timings[f"eval-{name}"] = run(cmd, demo / "logs" / f"eval-{name}.log")
+        cmd = py + ["evaluation.compare", "--out", str(evals / "compare"), "--runs"]
+        cmd += [f"{name}={evals / name}" for name in runs]
+        run(cmd, demo / "logs" / "compare.log")
+        print(
+            f"\ncomparison table: {evals / 'compare'}; gallery of the final model: {evals / 'grpo' / 'gallery.html'}"
+        )
+
+    total = time.time() - t_start
+    (demo / "timings.json").write_text(json.dumps({**timings, "total": total}, indent=2) + "\n")
+    print(f"\ndemo finished in {total / 60:.1f} min. Outputs:")
+    for label, path in [
+        ("phantom data", phantom),
+        ("tiny model", tiny),
+        ("stage 1 (SFT)", stage_dirs["sft"]),
+        ("cold-start data", coldstart_data),
+        ("stage 2 (cold start)", stage_dirs["coldstart"]),
+        ("stage 3 (GRPO)", stage_dirs["grpo"]),
+        ("logs", demo / "logs"),
+    ]:
+        print(f"  {label:<22} {path}")
+    os.environ.get("CI") and print("(CI run)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+import copy
+import json
+
+import pytest
+
+from data_prep.io import read_records, write_jsonl
+from data_prep.schema import RecordError, is_credentialed, make_record, validate_record
+
+GOOD = dict(
+    id="r1",
+    source="phantom",
+    task="grounding",
+    question="Locate the nodule.",
+    answer="[10, 20, 40, 50]",
+    boxes=[{"label": "nodule", "box": [10, 20, 40, 50]}],
+    image="images/a.png",
+    width=112,
+    height=112,
+    patient_id="p1",
+    study_id="s1",
+    split="train",
+)
+
+
+def test_good_record_validates_and_defaults_optionals():
+    rec = make_record(**GOOD)
+    assert rec["reasoning"] is None and rec["meta"] is None
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.pop("answer"), "missing field(s): answer"),
+        (lambda r: r.update(task="captioning"), "unknown task 'captioning'"),
+        (lambda r: r.update(split="dev"), "unknown split 'dev'"),
+        (lambda r: r.update(width="112"), "field 'width' must be int"),
+        (lambda r: r.update(width=True), "field 'width' must be int"),
+        (lambda r: r.update(answer="  "), "field 'answer' is empty"),
+        (lambda r: r["boxes"][0].update(box=[40, 20, 10, 50]), "x_min >= x_max"),
+        (lambda r: r["boxes"][0].update(box=[10, 50, 40, 50]), "y_min >= y_max"),
+        (lambda r: r["boxes"][0].update(box=[10, 20, 40, 113]), "outside the 112x112 frame"),
+        (lambda r: r["boxes"][0].update(box=[-1, 20, 40, 50]), "outside the 112x112 frame"),
+        (lambda r: r["boxes"][0].update(box=[10, 20, 40]), "list of 4 numbers"),
+        (lambda r: r["boxes"][0].update(box=[10, 20, 40, float("nan")]), "non-finite"),
+        (lambda r: r.update(boxes=[[10, 20, 40, 50]]), "boxes[0] must be"),
+        (lambda r: r.update(boxes=[]), "needs at least one box"),
+        (lambda r: r.update(colour="red"), "unknown field(s): colour"),
+        (lambda r: r.update(meta="x"), "field 'meta' must be dict"),
+    ],
+)
+def test_bad_records_are_rejected_with_the_reason(change, message):
+    rec = copy.deepcopy(GOOD)
+    change(rec)
+    with pytest.raises(RecordError) as err:
+        validate_record(rec)
+    assert message in str(err.value)
+
+
+def test_read_records_names_file_line_and_id(tmp_path):
+    bad = {**copy.deepcopy(GOOD), "id": "broken", "task": "nope"}
+    write_jsonl(tmp_path / "records.jsonl", [make_record(**GOOD), bad])
+    with pytest.raises(RecordError) as err:
+        read_records(tmp_path)
+    assert (
+        "records.jsonl:2" in str(err.value)
+        and "broken" in str(err.value)
+        and "unknown task" in str(err.value)
+    )
+    (tmp_path / "records.jsonl").write_text(json.dumps(GOOD) + "\n{not json\n")
+    with pytest.raises(RecordError, match="records.jsonl:2: not valid JSON"):
+        read_records(tmp_path)
+
+
+def test_credentialed_sources():
+    assert is_credentialed("mimic-cxr") and is_credentialed("vindr-cxr") and is_credentialed("ms-cxr")
+    assert (
+        not is_credentialed("phantom") and not is_credentialed("nih-cxr14") and not is_credentialed("iu-xray")
+    )
