@@ -81,9 +81,9 @@ GRPO_RECIPE ?= grpo
 grpo: $(VENV_STAMP) ## stage 3: recipes/$(SCALE)/$(GRPO_RECIPE).yaml (GRPO; vLLM on GPUs)
 	$(call launch,recipes.grpo,recipes/$(SCALE)/$(GRPO_RECIPE).yaml)
 
-VLLM_MODEL ?= Qwen/Qwen2.5-VL-7B-Instruct
+VLLM_MODEL ?= outputs/qwen2.5-vl-7b/coldstart
 vllm-serve: ## serve the policy with TRL's vLLM server (server mode), GPUs from CUDA_VISIBLE_DEVICES
-	VLLM_MODEL=$(VLLM_MODEL) bash recipes/vllm_serve.sh $(ARGS)
+	bash recipes/vllm_serve.sh $(VLLM_MODEL) $(ARGS)
 
 check-vllm: ## GPU: greedy vLLM rollouts must match model.generate on the same prompts
 	$(PY) -m recipes.check_vllm $(ARGS)

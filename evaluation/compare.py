@@ -158,8 +158,9 @@ def plot_headline(results: dict[str, dict], path: str | Path, paper: bool = Fals
             v = e.get("value")
             vals.append(v)
             has_ci = v is not None and e.get("ci_low") is not None
-            lo.append(v - e["ci_low"] if has_ci else 0.0)
-            hi.append(e["ci_high"] - v if has_ci else 0.0)
+            # a percentile CI of a ratio metric need not contain the point estimate: clamp at 0
+            lo.append(max(v - e["ci_low"], 0.0) if has_ci else 0.0)
+            hi.append(max(e["ci_high"] - v, 0.0) if has_ci else 0.0)
         x = range(len(names))
         heights = [v if v is not None else 0.0 for v in vals]
         ax.bar(x, heights, yerr=[lo, hi], capsize=3, color=[colors[i % len(colors)] for i in x])

@@ -27,12 +27,13 @@ def run(cmd: list[str], log: Path) -> float:
     print(f"\n$ {' '.join(cmd)}", flush=True)
     t0 = time.time()
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        for line in proc.stdout:
-            f.write(line)
-            if not line.lstrip().startswith(("{'loss'", "[20")) and "Warning" not in line:
-                sys.stdout.write(line)
+    with open(log, "wb") as f:
+        # Raw bytes, not lines: progress bars redraw with "\r" and stay one line on the terminal.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        while chunk := proc.stdout.read1(65536):
+            f.write(chunk)
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
         if proc.wait():
             raise SystemExit(f"stage failed (exit {proc.returncode}): {' '.join(cmd)}\nfull log: {log}")
     return time.time() - t0
