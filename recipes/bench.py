@@ -99,7 +99,8 @@ def bench_grpo_one(outputs: Path, steps: int, bare: bool) -> dict:
         else:
             cmd = PY + ["recipes.grpo", "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", str(model),
                         "--dataset_path", str(data), "--output_dir", tmp, "--max_steps", str(steps),
-                        "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1"]  # fmt: skip
+                        "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1",
+                        "--report_to", "none"]  # fmt: skip
         res = child(cmd)
     # TRL logs each step's time; the median past the first two steps leaves out warm-up
     # (first image decodes, allocator growth), which otherwise dominates a short run.

@@ -83,6 +83,12 @@ def main() -> None:
 
     out = Path(args.out)
     demo = out / "demo"
+    # The GRPO stage logs reward curves and completion tables to wandb, offline: files under
+    # outputs/demo/wandb, viewable with `wandb sync` / `wandb leet`; nothing leaves the machine.
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_PROJECT", "openmedix-demo")
+    os.environ.setdefault("WANDB_DIR", str(demo))
+    demo.mkdir(parents=True, exist_ok=True)
     if args.fresh:
         for p in (demo, out / "phantom", out / "coldstart", out / "tiny-qwen2.5-vl"):
             shutil.rmtree(p, ignore_errors=True)
@@ -223,7 +229,6 @@ def main() -> None:
         ("logs", demo / "logs"),
     ]:
         print(f"  {label:<22} {path}")
-    os.environ.get("CI") and print("(CI run)")
 
 
 if __name__ == "__main__":
