@@ -16,6 +16,8 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 OUT ?= outputs
 PHANTOM_N ?= 600
+# The demo's frame: phantom images and the tiny model's processor must agree (max_pixels = size^2).
+PHANTOM_SIZE ?= 168
 SCALE ?= qwen2.5-vl-7b
 ACCEL ?= recipes/accelerate/zero3.yaml
 NPROC ?= 8
@@ -55,10 +57,10 @@ format: $(VENV_STAMP) ## ruff format + autofix
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 
 tiny-model: $(VENV_STAMP) ## build the tiny offline Qwen2.5-VL into outputs/tiny-qwen2.5-vl
-	$(PY) -m recipes.tiny_model --out $(OUT)/tiny-qwen2.5-vl
+	$(PY) -m recipes.tiny_model --size $(PHANTOM_SIZE) --out $(OUT)/tiny-qwen2.5-vl
 
 phantom: $(VENV_STAMP) ## generate the phantom CXR dataset into outputs/phantom
-	$(PY) -m data_prep.phantom --n $(PHANTOM_N) --out $(OUT)/phantom
+	$(PY) -m data_prep.phantom --n $(PHANTOM_N) --size $(PHANTOM_SIZE) --out $(OUT)/phantom
 
 demo: $(VENV_STAMP) ## whole pipeline on CPU: phantom -> tiny model -> SFT -> cold start -> GRPO -> eval
 	$(PY) -m recipes.demo --out $(OUT) $(ARGS)
