@@ -13,7 +13,7 @@ from pathlib import Path
 from datasets import Dataset, Image, Sequence
 
 from data_prep.io import RECORDS, iter_jsonl, resolve_image
-from data_prep.prompts import ANSWER_LEAD, answer_text, question_text, reasoning_text
+from data_prep.prompts import answer_text, question_text, reasoning_text
 from data_prep.schema import RecordError, is_credentialed, validate_record
 
 
@@ -97,11 +97,11 @@ def sft_dataset(records: list[dict], dataset_dir: str | Path, reasoning: bool) -
     return _image_column(Dataset.from_list(rows))
 
 
-def grpo_dataset(records: list[dict], dataset_dir: str | Path, log_text: bool = False) -> Dataset:
+def grpo_dataset(records: list[dict], dataset_dir: str | Path) -> Dataset:
     """prompt / images rows plus the columns the rewards read (solution, boxes, width, height, task).
 
-    ``log_text`` marks whether this row's prompt may appear in tracker completion tables;
-    credentialed sources are never marked unless the recipe opts in (see recipes/grpo.py).
+    ``credentialed`` lets recipes/grpo.py keep completion tables of credentialed sources out of
+    trackers unless the recipe opts in.
     """
     rows = []
     for rec in records:
@@ -121,4 +121,4 @@ def grpo_dataset(records: list[dict], dataset_dir: str | Path, log_text: bool = 
     return _image_column(Dataset.from_list(rows))
 
 
-__all__ = ["ANSWER_LEAD", "load_checked_records", "sft_dataset", "grpo_dataset", "trl_prompt"]
+__all__ = ["load_checked_records", "sft_dataset", "grpo_dataset", "trl_prompt"]

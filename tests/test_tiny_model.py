@@ -35,9 +35,8 @@ def test_builds_reloads_offline_and_generates(tiny_dir):
     )
     assert (inputs["input_ids"] == model.config.image_token_id).sum() == 2 * (112 // 28) ** 2
     out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    assert (
-        out.shape[1] == inputs["input_ids"].shape[1] + 5 or out.shape[1] <= inputs["input_ids"].shape[1] + 5
-    )
+    n_prompt = inputs["input_ids"].shape[1]
+    assert n_prompt < out.shape[1] <= n_prompt + 5  # generated at least one token, at most five
     assert torch.equal(out[0], out[1])  # same prompt, greedy, left padding: same continuation
 
 
