@@ -15,9 +15,9 @@ export OMP_NUM_THREADS ?= 1
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 OUT ?= outputs
-PHANTOM_N ?= 600
+PHANTOM_N ?= 2400
 # The demo's frame: phantom images and the tiny model's processor must agree (max_pixels = size^2).
-PHANTOM_SIZE ?= 168
+PHANTOM_SIZE ?= 112
 SCALE ?= qwen2.5-vl-7b
 ACCEL ?= recipes/accelerate/zero3.yaml
 NPROC ?= 8
@@ -70,10 +70,13 @@ sft: $(VENV_STAMP) ## stage 1: recipes/$(SCALE)/sft.yaml (accelerate on GPUs; SC
 
 # Cold-start data: TEACHER=offline (phantom, no API) or TEACHER=openai with BASE_URL and MODEL.
 TEACHER ?= offline
+# offline teacher: survey = read the whole study, then answer (what the demo uses); per-question
+OFFLINE_STYLE ?= survey
 DATA ?= $(OUT)/phantom
 COLDSTART_OUT ?= $(OUT)/coldstart
 coldstart-data: $(VENV_STAMP) ## synthesise grounded reasoning with a teacher (see README: data use!)
 	$(PY) -m data_prep.coldstart --data $(DATA) --out $(COLDSTART_OUT) --teacher $(TEACHER) \
+		$(if $(filter offline,$(TEACHER)),--offline-style $(OFFLINE_STYLE)) \
 		$(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(MODEL),--model $(MODEL)) $(ARGS)
 
 coldstart: $(VENV_STAMP) ## stage 2: recipes/$(SCALE)/coldstart.yaml (SFT on the reasoning data)

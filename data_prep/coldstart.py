@@ -67,7 +67,7 @@ from data_prep.io import (
     resolve_image,
     write_jsonl,
 )
-from data_prep.offline_teacher import offline_completion
+from data_prep.offline_teacher import STYLES, offline_completion
 from data_prep.schema import is_credentialed, validate_record
 from data_prep.teacher import ChatEndpoint, EndpointStop, RequestFailed, image_data_url, is_local_url
 from rewards.boxes import INVALID, MIN_BOX_SIDE, box_status
@@ -289,6 +289,7 @@ class Job:
     judge: ChatEndpoint | None = None
     request_params: dict = field(default_factory=dict)
     image_detail: str = "high"
+    offline_style: str = "per-question"
 
     def teacher_request(self, record: dict) -> dict:
         url = image_data_url(resolve_image(self.data_dir, record["image"]))
@@ -312,7 +313,7 @@ class Job:
             return out
         try:
             if self.teacher is None:
-                text, finish = offline_completion(record), "stop"
+                text, finish = offline_completion(record, self.offline_style), "stop"
             else:
                 reply = self.teacher.complete(self.teacher_request(record)["messages"], **self.request_params)
                 text, finish = reply.text, reply.finish_reason
@@ -427,6 +428,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("openai", "offline"),
         default="openai",
         help="offline: no API, phantom-style records (default: %(default)s)",
+    )
+    p.add_argument(
+        "--offline-style",
+        choices=STYLES,
+        default="per-question",
+        help="offline teacher: 'survey' reads the whole study first (phantom records), then answers; "
+        "'per-question' cites only the question's boxes (default: %(default)s)",
     )
     p.add_argument("--base-url", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
     p.add_argument("--model", help="teacher model (Azure: the deployment name)")
@@ -670,6 +678,7 @@ def run(args, records: list[dict], data_dir: Path, out_dir: Path) -> int:
         out_dir=out_dir,
         templates=Templates.load(Path(args.templates)),
         teacher_name=args.model if args.teacher == "openai" else "offline",
+        offline_style=args.offline_style,
         request_params={"temperature": args.temperature, "max_completion_tokens": args.max_tokens},
         image_detail=args.image_detail,
     )

@@ -119,6 +119,44 @@ def offline_reasoning(record: dict) -> str:
     return " ".join(sentences[:MAX_SENTENCES])
 
 
-def offline_completion(record: dict) -> str:
-    """The full completion in the paper's format, as a real teacher would reply."""
+def survey_reasoning(record: dict) -> str:
+    """A read of the whole study, the same for every question about it, then what it means here.
+
+    The read names every finding of the study with its box, in a fixed order ("Cardiomegaly
+    [..]. Left pleural effusion [..]."), or the normal heart with its box and "Clear lungs.". A
+    presence question first restates the asked finding and ends by saying whether it is among
+    those read: "Asked: pneumothorax. <read> No pneumothorax." Why this shape: reading the image
+    becomes one skill that every task trains (a tiny model learns it in minutes), and answering
+    becomes matching the question against the model's own words. With reasoning that cites only
+    the question's boxes, the tiny model must bind each question to an image region directly and
+    stays at chance (measured; see the README's demo section).
+    """
+    meta = record.get("meta") or {}
+    findings, anatomy = meta.get("findings") or [], meta.get("anatomy") or {}
+    if findings:
+        read = [f"{f['label'][:1].upper()}{f['label'][1:]} {format_box(f['box'])}." for f in findings]
+    else:
+        read = [f"Normal heart {format_box(anatomy['heart'])}."] if anatomy.get("heart") else []
+        read.append("Clear lungs.")
+    target = meta.get("target") if meta.get("question_type") == "presence" else None
+    if target:
+        seen = any(f["name"] == target for f in findings)
+        read = [f"Asked: {target}.", *read, f"{'So' if seen else 'No'} {target}."]
+    return " ".join(read)
+
+
+STYLES = ("survey", "per-question")
+
+
+def offline_completion(record: dict, style: str = "per-question") -> str:
+    """The full completion in the paper's format, as a real teacher would reply.
+
+    ``survey`` applies to records that list their findings (``meta["findings"]``, the phantom set);
+    others fall back to the per-question style.
+    """
+    if style not in STYLES:
+        raise ValueError(f"unknown offline teacher style '{style}' (expected one of {', '.join(STYLES)})")
+    meta = record.get("meta") or {}
+    if style == "survey" and "findings" in meta and "anatomy" in meta:  # a phantom-style record
+        return reasoning_text(survey_reasoning(record), record["answer"])
     return reasoning_text(offline_reasoning(record), record["answer"])

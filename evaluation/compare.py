@@ -98,10 +98,16 @@ def comparison_table(results: dict[str, dict], paper: bool = False) -> tuple[str
     return "\n".join(lines), rows
 
 
+def _resamples(results: dict[str, dict]) -> str:
+    counts = sorted({str((r.get("bootstrap") or {}).get("resamples", "?")) for r in results.values()})
+    return "/".join(counts)
+
+
 def _notes(results: dict[str, dict], runs: dict[str, str], paper: bool) -> list[str]:
     notes = [
         "",
-        "Values are point estimates with 95% percentile-bootstrap CIs (1000 resamples, seeded) in brackets; "
+        f"Values are point estimates with 95% percentile-bootstrap CIs ({_resamples(results)} resamples, seeded) "
+        "in brackets (METEOR: the per-sample spread around the corpus score); "
         "the best run per metric is in bold. Metric definitions: evaluation/metrics.py.",
     ]
     datasets = {

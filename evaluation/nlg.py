@@ -157,6 +157,17 @@ def start_meteor():
         return _meteor
 
 
+def shifted_ci(score: float, per_sample: np.ndarray, n_boot: int, seed: int) -> tuple:
+    """CI of a corpus score that resampling cannot recompute cheaply (METEOR's jar aggregates its
+    own statistics, so the corpus score is not the mean of the per-sample scores): the bootstrap
+    spread of the per-sample mean, placed around the corpus score."""
+    lo, hi = bootstrap_ci(per_sample, n_resamples=n_boot, seed=seed)
+    if lo is None:
+        return lo, hi
+    mean = float(np.mean(per_sample))
+    return max(0.0, score + lo - mean), min(1.0, score + hi - mean)
+
+
 def meteor_scores(refs: list[str], hyps: list[str]) -> tuple[float, np.ndarray]:
     meteor = start_meteor()
     if meteor is None:
@@ -232,8 +243,7 @@ def report_metrics(
     else:
         try:
             score, per["meteor"] = meteor_scores(ref_t, hyp_t)
-            ci = bootstrap_ci(per["meteor"], n_resamples=n_boot, seed=seed)
-            out["meteor"] = headline_entry(score, ci, n)
+            out["meteor"] = headline_entry(score, shifted_ci(score, per["meteor"], n_boot, seed), n)
         except Exception as e:  # the jar died (memory, broken install): say so, keep the rest
             out["meteor"] = {"status": "error", "reason": f"METEOR failed: {e}"}
     return out, per

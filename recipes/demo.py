@@ -74,8 +74,8 @@ def plot_rewards(grpo_dir: Path, png: Path) -> Path | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="outputs")
-    ap.add_argument("--studies", type=int, default=600, help="phantom studies to generate")
-    ap.add_argument("--size", type=int, default=168, help="phantom image side (multiple of 28)")
+    ap.add_argument("--studies", type=int, default=2400, help="phantom studies to generate")
+    ap.add_argument("--size", type=int, default=112, help="phantom image side (multiple of 28)")
     ap.add_argument("--eval-limit", type=int, default=200, help="test records evaluated per stage")
     ap.add_argument("--stop-after", choices=STAGES, default="eval")
     ap.add_argument("--fresh", action="store_true", help="delete previous demo outputs first")
@@ -136,6 +136,8 @@ def main() -> None:
                 "data_prep.coldstart",
                 "--teacher",
                 "offline",
+                "--offline-style",
+                "survey",
                 "--data",
                 str(phantom),
                 "--out",

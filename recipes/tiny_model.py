@@ -154,7 +154,7 @@ def build_processor(tokenizer, min_pixels: int, max_pixels: int) -> Qwen2_5_VLPr
     )
 
 
-def tiny_config(tokenizer, hidden: int = 128, layers: int = 4, vision_hidden: int = 64) -> Qwen2_5_VLConfig:
+def tiny_config(tokenizer, hidden: int = 128, layers: int = 2, vision_hidden: int = 64) -> Qwen2_5_VLConfig:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     heads = 4
     head_dim = hidden // heads
@@ -200,7 +200,7 @@ def build_tiny_model(
     size: int = 224,
     min_pixels: int = QWEN_MIN_PIXELS,
     hidden: int = 128,
-    layers: int = 4,
+    layers: int = 2,
     seed: int = 0,
     force: bool = False,
 ) -> Path:
@@ -232,7 +232,7 @@ def main() -> None:
     ap.add_argument("--out", default="outputs/tiny-qwen2.5-vl")
     ap.add_argument("--size", type=int, default=224, help="phantom frame side (max_pixels = size^2)")
     ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--force", action="store_true", help="rebuild even if the folder is up to date")
     args = ap.parse_args()
     path = build_tiny_model(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from data_prep import coldstart, phantom
 from data_prep.io import read_records
 from data_prep.offline_teacher import offline_completion, offline_reasoning
@@ -42,3 +44,54 @@ def test_offline_reasoning_is_deterministic_and_varied(tmp_path):
     assert [offline_completion(r) for r in records] == [offline_completion(r) for r in records]
     openings = {offline_reasoning(r).split("[")[0] for r in records}
     assert len(openings) > 3
+
+
+def test_survey_reads_the_whole_study_then_answers(tmp_path):
+    """Every question about a study gets the same read (all findings, each with its exact box, in
+    a fixed order); a presence question restates the asked finding first and ends with whether it
+    is among them."""
+    data, out = tmp_path / "phantom", tmp_path / "coldstart"
+    phantom.generate(12, data, seed=3, size=112, progress=False)
+    argv = ["--data", str(data), "--out", str(out), "--teacher", "offline", "--offline-style", "survey"]
+    assert coldstart.main(argv) == 0
+    records = read_records(data, "train")
+    kept = {r["id"]: r for r in read_records(out, "train")}
+    assert set(kept) == {r["id"] for r in records}  # the filters keep every survey
+    reads = {}
+    for src in records:
+        read = kept[src["id"]]["reasoning"]
+        findings, anatomy = src["meta"]["findings"], src["meta"]["anatomy"]
+        if src["meta"]["question_type"] == "presence":
+            target = src["meta"]["target"]
+            opening, conclusion = (
+                f"Asked: {target}. ",
+                f" {'So' if src['answer'] == 'yes' else 'No'} {target}.",
+            )
+            assert read.startswith(opening) and read.endswith(conclusion)
+            read = read[len(opening) : -len(conclusion)]
+        cited = find_boxes(read)
+        if findings:  # each finding once, in order, with its box; nothing else cited
+            assert cited == [[float(v) for v in f["box"]] for f in findings]
+            for f in findings:
+                assert f["label"].lower() in read.lower()
+        else:  # a normal study cites the normal heart and says the lungs are clear
+            assert cited == [[float(v) for v in anatomy["heart"]]]
+            assert read.endswith("Clear lungs.")
+        for gt in src["boxes"]:  # every ground-truth box of the question is among the cited ones
+            assert [float(v) for v in gt["box"]] in cited
+        reads.setdefault(src["study_id"], set()).add(read)
+    assert all(len(v) == 1 for v in reads.values())  # one read per study, whatever the question
+
+
+def test_survey_falls_back_for_records_without_findings():
+    rec = {
+        "id": "x-vqa-0",
+        "question": "Is there a nodule?",
+        "answer": "yes",
+        "boxes": [{"label": "nodule", "box": [10, 10, 30, 30]}],
+        "meta": {},
+    }
+    assert offline_completion(rec, "survey") == offline_completion(rec)  # per-question style
+    assert find_boxes(offline_completion(rec, "survey")) == [[10.0, 10.0, 30.0, 30.0]]
+    with pytest.raises(ValueError, match="unknown offline teacher style"):
+        offline_completion(rec, "essay")

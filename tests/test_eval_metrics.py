@@ -414,3 +414,16 @@ def test_hub_offline_restores_state(monkeypatch):
 
         assert os.environ["HF_HUB_OFFLINE"] == "1" and c.HF_HUB_OFFLINE is True
     assert "HF_HUB_OFFLINE" not in __import__("os").environ and c.HF_HUB_OFFLINE == before
+
+
+def test_meteor_ci_brackets_the_corpus_score():
+    # METEOR's corpus score is not the mean of its per-sample scores: the CI must still hold it,
+    # with the width of the per-sample mean's bootstrap interval, clipped to [0, 1].
+    per = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    lo, hi = M.bootstrap_ci(per, n_resamples=500, seed=1)
+    slo, shi = nlg.shifted_ci(0.62, per, 500, 1)
+    assert slo < 0.62 < shi
+    assert shi - slo == pytest.approx(hi - lo)
+    assert slo == pytest.approx(0.62 - (per.mean() - lo))
+    assert nlg.shifted_ci(0.99, per, 500, 1)[1] == 1.0
+    assert nlg.shifted_ci(0.5, per, 0, 1) == (None, None)
