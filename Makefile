@@ -70,7 +70,7 @@ sft: $(VENV_STAMP) ## stage 1: recipes/$(SCALE)/sft.yaml (accelerate on GPUs; SC
 
 # Cold-start data: TEACHER=offline (phantom, no API) or TEACHER=openai with BASE_URL and MODEL.
 TEACHER ?= offline
-# offline teacher: survey = read the whole study, then answer (what the demo uses); per-question
+# Offline teacher style: survey (read the whole study, then answer; the demo's) or per-question.
 OFFLINE_STYLE ?= survey
 DATA ?= $(OUT)/phantom
 COLDSTART_OUT ?= $(OUT)/coldstart
