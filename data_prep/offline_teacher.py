@@ -119,30 +119,48 @@ def offline_reasoning(record: dict) -> str:
     return " ".join(sentences[:MAX_SENTENCES])
 
 
-def survey_reasoning(record: dict) -> str:
-    """A read of the whole study, the same for every question about it, then what it means here.
+ASKED_TYPES = ("presence", "location", "grounding")  # questions about one named finding
 
-    The read names every finding of the study with its box, in a fixed order ("Cardiomegaly
-    [..]. Left pleural effusion [..]."), or the normal heart with its box and "Clear lungs.". A
-    presence question first restates the asked finding and ends by saying whether it is among
-    those read: "Asked: pneumothorax. <read> No pneumothorax." Why this shape: reading the image
-    becomes one skill that every task trains (a tiny model learns it in minutes), and answering
-    becomes matching the question against the model's own words. With reasoning that cites only
-    the question's boxes, the tiny model must bind each question to an image region directly and
-    stays at chance (measured; see the README's demo section).
+
+def _title(label: str) -> str:
+    """ "left pleural effusion" -> "Left Pleural Effusion"."""
+    return " ".join(w.capitalize() for w in label.split())
+
+
+def survey_reasoning(record: dict) -> str:
+    """A read of the whole study, the same for every question about it, with the asked finding marked.
+
+    The read names every finding of the study in title case with its box, in a fixed order
+    ("Cardiomegaly [..]. Left Pleural Effusion [..]."), or the normal heart with its box and "Clear
+    lungs.". A question about one finding (presence, location, grounding) first restates it, then
+    marks it in the read, and a presence question ends with whether it was seen:
+    "Asked: pleural effusion. Cardiomegaly [..]. Left Pleural Effusion (asked) [..]. So: seen."
+
+    Why this shape (each step measured on the demo's tiny model, see the README's demo section):
+    reading the image becomes one skill that every task trains; the restatement is a copy the model
+    learns reliably when the question is the only place the name occurs; the read's title-case
+    names are tokens of their own, so marking "(asked)" is a match of the name just written
+    against the restated one, and the yes/no only has to notice a mark. With the decision made
+    before the name ("So pneumothorax." / "No pneumothorax."), the tiny model stayed near chance.
     """
     meta = record.get("meta") or {}
     findings, anatomy = meta.get("findings") or [], meta.get("anatomy") or {}
+    qtype = meta.get("question_type")
+    target = meta.get("target") if qtype in ASKED_TYPES else None
     if findings:
-        read = [f"{f['label'][:1].upper()}{f['label'][1:]} {format_box(f['box'])}." for f in findings]
+        read = [
+            f"{_title(f['label'])}{' (asked)' if target and f['name'] == target else ''} {format_box(f['box'])}."
+            for f in findings
+        ]
     else:
         read = [f"Normal heart {format_box(anatomy['heart'])}."] if anatomy.get("heart") else []
         read.append("Clear lungs.")
-    target = meta.get("target") if meta.get("question_type") == "presence" else None
-    if target:
-        seen = any(f["name"] == target for f in findings)
-        read = [f"Asked: {target}.", *read, f"{'So' if seen else 'No'} {target}."]
-    return " ".join(read)
+    if not target:
+        return " ".join(read)
+    parts = [f"Asked: {target}.", *read]
+    if qtype == "presence":
+        parts.append("So: seen." if any(f["name"] == target for f in findings) else "So: not seen.")
+    return " ".join(parts)
 
 
 STYLES = ("survey", "per-question")

@@ -102,7 +102,7 @@ CORPUS = [
 def phantom_corpus(n_studies: int = 150) -> list[str]:
     """Questions, answers and grounded reasoning of a few phantom studies: the demo's vocabulary,
     so that prompts and reports tokenise into few tokens (short sequences = fast CPU steps)."""
-    from data_prep.offline_teacher import offline_completion
+    from data_prep.offline_teacher import STYLES, offline_completion
     from data_prep.phantom import plan_studies, render, study_records
     from data_prep.prompts import question_text
 
@@ -110,7 +110,8 @@ def phantom_corpus(n_studies: int = 150) -> list[str]:
     for study in plan_studies(n_studies, seed=12345):
         _, study.boxes, study.anatomy = render(study.patient, study.findings, 224, study.noise_seed)
         for rec in study_records(study, size=224, seed=12345):
-            texts += [question_text(rec, reasoning=False), rec["answer"], offline_completion(rec)]
+            texts += [question_text(rec, reasoning=False), rec["answer"]]
+            texts += [offline_completion(rec, style) for style in STYLES]
     return texts
 
 

@@ -48,8 +48,8 @@ def test_offline_reasoning_is_deterministic_and_varied(tmp_path):
 
 def test_survey_reads_the_whole_study_then_answers(tmp_path):
     """Every question about a study gets the same read (all findings, each with its exact box, in
-    a fixed order); a presence question restates the asked finding first and ends with whether it
-    is among them."""
+    a fixed order); a question about one finding restates it first and marks it in the read, and a
+    presence question ends with whether it was seen."""
     data, out = tmp_path / "phantom", tmp_path / "coldstart"
     phantom.generate(12, data, seed=3, size=112, progress=False)
     argv = ["--data", str(data), "--out", str(out), "--teacher", "offline", "--offline-style", "survey"]
@@ -57,18 +57,29 @@ def test_survey_reads_the_whole_study_then_answers(tmp_path):
     records = read_records(data, "train")
     kept = {r["id"]: r for r in read_records(out, "train")}
     assert set(kept) == {r["id"] for r in records}  # the filters keep every survey
-    reads = {}
+    reads, marked = {}, 0
     for src in records:
         read = kept[src["id"]]["reasoning"]
-        findings, anatomy = src["meta"]["findings"], src["meta"]["anatomy"]
-        if src["meta"]["question_type"] == "presence":
+        meta = src["meta"]
+        findings, anatomy, qtype = meta["findings"], meta["anatomy"], meta["question_type"]
+        if qtype in ("presence", "location", "grounding"):
             target = src["meta"]["target"]
-            opening, conclusion = (
-                f"Asked: {target}. ",
-                f" {'So' if src['answer'] == 'yes' else 'No'} {target}.",
-            )
-            assert read.startswith(opening) and read.endswith(conclusion)
-            read = read[len(opening) : -len(conclusion)]
+            opening = f"Asked: {target}. "
+            assert read.startswith(opening)
+            read = read[len(opening) :]
+            if qtype == "presence":
+                conclusion = " So: seen." if src["answer"] == "yes" else " So: not seen."
+                assert read.endswith(conclusion)
+                read = read[: -len(conclusion)]
+            hits = [f for f in findings if f["name"] == target]
+            assert read.count(" (asked)") == len(hits) <= 1  # the asked finding, and only it, is marked
+            if hits:
+                title = " ".join(w.capitalize() for w in hits[0]["label"].split())
+                assert f"{title} (asked) [" in read
+                read = read.replace(" (asked)", "")
+                marked += 1
+        else:
+            assert "Asked" not in read and "(asked)" not in read
         cited = find_boxes(read)
         if findings:  # each finding once, in order, with its box; nothing else cited
             assert cited == [[float(v) for v in f["box"]] for f in findings]
@@ -81,6 +92,7 @@ def test_survey_reads_the_whole_study_then_answers(tmp_path):
             assert [float(v) for v in gt["box"]] in cited
         reads.setdefault(src["study_id"], set()).add(read)
     assert all(len(v) == 1 for v in reads.values())  # one read per study, whatever the question
+    assert marked > 0
 
 
 def test_survey_falls_back_for_records_without_findings():
