@@ -22,6 +22,7 @@ from data_prep.frame import scale_box
 from data_prep.images import ImageInfo
 from data_prep.io import Ledger
 from data_prep.schema import LIST_SEP
+from rewards.boxes import components, iou
 from rewards.parsing import format_box
 
 CHEXPERT_LABELS = (
@@ -272,14 +273,6 @@ def to_frame(box, info: ImageInfo, ledger: Ledger, where: str, tol: float = 1.0)
     return out
 
 
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def merge_boxes(
     boxes: list[tuple[list[float], str]], iou_thr: float = 0.4
 ) -> list[tuple[list[float], list[str]]]:
@@ -289,22 +282,10 @@ def merge_boxes(
     linkage); each group becomes the coordinate-wise mean box plus the readers who drew it.
     Groups come out sorted by (y_min, x_min).
     """
-    n = len(boxes)
-    parent = list(range(n))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i in range(n):
-        for j in range(i + 1, n):
-            if iou(boxes[i][0], boxes[j][0]) >= iou_thr:
-                parent[find(i)] = find(j)
+    ids = components(len(boxes), lambda i, j: iou(boxes[i][0], boxes[j][0]) >= iou_thr)
     groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(find(i), []).append(i)
+    for i, root in enumerate(ids):
+        groups.setdefault(root, []).append(i)
     out = []
     for members in groups.values():
         coords = [boxes[i][0] for i in members]

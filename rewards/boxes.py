@@ -6,6 +6,8 @@ it (the one coordinate frame of the project); ``width``/``height`` are that fram
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 MIN_BOX_SIDE = 4.0  # px: a box thinner than this in either direction is degenerate
@@ -46,13 +48,9 @@ def iou(a, b) -> float:
     return inter / (area_a + area_b - inter)
 
 
-def regions(boxes) -> list[int]:
-    """Region id of each box: connected components of the "IoU > DUPLICATE_IOU" graph.
-
-    Components (not a greedy pass) make regions order-independent and monotone: adding a box
-    that duplicates one already there never adds a region.
-    """
-    n = len(boxes)
+def components(n: int, linked: Callable[[int, int], bool]) -> list[int]:
+    """Connected-component id of each of ``n`` items under the symmetric relation ``linked(i, j)``
+    (union-find with path halving; items in one component share an id)."""
     parent = list(range(n))
 
     def find(i: int) -> int:
@@ -63,11 +61,20 @@ def regions(boxes) -> list[int]:
 
     for i in range(n):
         for j in range(i + 1, n):
-            if iou(boxes[i], boxes[j]) > DUPLICATE_IOU:
+            if linked(i, j):
                 ri, rj = find(i), find(j)
                 if ri != rj:
                     parent[ri] = rj
     return [find(i) for i in range(n)]
+
+
+def regions(boxes) -> list[int]:
+    """Region id of each box: connected components of the "IoU > DUPLICATE_IOU" graph.
+
+    Components (not a greedy pass) make regions order-independent and monotone: adding a box
+    that duplicates one already there never adds a region.
+    """
+    return components(len(boxes), lambda i, j: iou(boxes[i], boxes[j]) > DUPLICATE_IOU)
 
 
 def count_distinct(boxes) -> int:
