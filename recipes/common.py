@@ -71,3 +71,21 @@ def merge_adapter(base_path: str, adapter_dir: str, out_dir: str, dtype: str | N
     base = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch_dtype)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)
+
+
+def end_distributed() -> None:
+    """Close the process groups before exit: without it a torchrun rank can abort at shutdown (SIGABRT).
+
+    A colocated vLLM engine made groups of its own; it closes them first (its exit hook then has
+    nothing left to do), then the default group goes."""
+    import sys
+
+    import torch.distributed as dist
+
+    if "vllm.distributed.parallel_state" in sys.modules:
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -29,8 +29,8 @@ from trl import (
 
 from data_prep.frame import FACTOR
 from data_prep.trl_dataset import grpo_dataset, load_checked_records, trl_prompt
-from recipes import vllm_guard
-from recipes.common import last_checkpoint, load_processor, save_final
+from recipes import vision_tokens, vllm_cpu, vllm_guard
+from recipes.common import end_distributed, last_checkpoint, load_processor, save_final
 from rewards import REWARD_SETS, get_reward_funcs
 
 
@@ -56,7 +56,12 @@ class GRPOScriptArguments:
             "help": "allow completion tables (prompts, images, reports) of credentialed data in the tracker"
         },
     )
-    vllm_guard: bool = field(default=True, metadata={"help": "stop if vLLM expands image tokens twice"})
+    vllm_guard: bool = field(
+        default=True,
+        metadata={
+            "help": "feed vLLM the prompt TRL trains on and check every rollout (recipes/vllm_guard.py)"
+        },
+    )
     resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint in output_dir"})
     merge_lora: bool = field(default=True, metadata={"help": "LoRA/QLoRA: save the merged model too"})
 
@@ -109,7 +114,42 @@ def filter_long_prompts(records: list[dict], processor, budget: int) -> list[dic
     return kept
 
 
-def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
+def rollout_plan(n_prompts: int, args: GRPOConfig) -> str:
+    """TRL's sampler keeps only whole rollout batches: say what an epoch trains, refuse what trains nothing."""
+    per_rollout = args.generation_batch_size // args.num_generations
+    full = n_prompts // per_rollout
+    if full == 0:
+        raise SystemExit(
+            f"{n_prompts} training prompts are fewer than one rollout batch of {per_rollout} prompts "
+            f"({args.generation_batch_size} completions = per_device_train_batch_size x processes x "
+            f"steps_per_generation, / num_generations {args.num_generations}): TRL's sampler would drop them all "
+            "and save an untrained model. Add prompts, or lower steps_per_generation or per_device_train_batch_size."
+        )
+    steps = full * args.steps_per_generation * args.num_iterations // args.gradient_accumulation_steps
+    return (
+        f"{full} rollout batches of {per_rollout} prompts per epoch ({n_prompts - full * per_rollout} prompts left "
+        f"out each epoch, a new draw every epoch), {steps} optimizer steps per epoch"
+    )
+
+
+def check_vllm_setup(training_args: GRPOConfig, model_args: ModelConfig) -> None:
+    """Before the trainer starts vLLM: CPU colocate needs two adjustments; CPU server training cannot run."""
+    if not training_args.use_vllm:
+        return
+    import torch
+
+    if training_args.vllm_mode == "server" and not torch.cuda.is_available():
+        raise SystemExit(
+            "vllm_mode: server trains only on CUDA GPUs: trl 1.16 pushes new weights to the server through vLLM's "
+            "NCCL weight-transfer engine (vLLM 0.31's other engines need CUDA too). On CPU use vllm_mode: colocate; "
+            "a CPU vLLM server still generates (README, 'vLLM')."
+        )
+    if training_args.vllm_mode == "colocate" and vllm_cpu.prepare_colocate(model_args.dtype):
+        print(f"vLLM on CPU: linear weights kept unpacked for weight sync, engine dtype {model_args.dtype}")
+
+
+def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig):
+    """Processor, checked records, rewards and the GRPOTrainer with its rollout safeguards: (trainer, guard)."""
     processor = load_processor(
         model_args.model_name_or_path,
         script_args.dataset_path,
@@ -137,6 +177,8 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         training_args.log_completions = False
     reward_funcs = resolve_rewards(script_args, training_args)
     print(f"GRPO on {len(train_ds)} prompts, {training_args.num_generations} completions each")
+    print(rollout_plan(len(train_ds), training_args))
+    check_vllm_setup(training_args, model_args)
 
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
@@ -156,15 +198,27 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         processing_class=processor,
         peft_config=get_peft_config(model_args),
     )
-    if script_args.vllm_guard and vllm_guard.install(trainer):
-        print("vLLM image-token guard installed")
+    banned = vision_tokens.ban_in_trainer(trainer)
+    print(f"never sampled: {' '.join(banned)}")
+    guard = vllm_guard.install(trainer) if script_args.vllm_guard else None
+    if guard is not None:
+        print(f"vLLM guard, start-up probe: {vllm_guard.probe_with_first_prompt(trainer, guard)}")
+    return trainer, guard
+
+
+def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
+    trainer, guard = build_trainer(script_args, training_args, model_args)
+    processor = trainer.processing_class
     trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir, script_args.resume))
+    if guard is not None:
+        print(f"vLLM guard: {guard.checked} rollout prompts checked, image tokens as sent")
     save_final(trainer, processor, training_args.output_dir, model_args, script_args.merge_lora)
     if trainer.accelerator.is_main_process:
         trainer.create_model_card(
             model_name=training_args.output_dir.rstrip("/").split("/")[-1],
             dataset_name=script_args.dataset_path,
         )
+    end_distributed()
 
 
 if __name__ == "__main__":

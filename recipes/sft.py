@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config, get_quantization_config
 
 from data_prep.trl_dataset import load_checked_records, sft_dataset
-from recipes.common import last_checkpoint, load_processor, save_final
+from recipes.common import end_distributed, last_checkpoint, load_processor, save_final
 
 
 @dataclass
@@ -78,6 +78,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir, script_args.resume))
     save_final(trainer, processor, training_args.output_dir, model_args, script_args.merge_lora)
+    end_distributed()
 
 
 if __name__ == "__main__":

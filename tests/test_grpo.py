@@ -153,48 +153,115 @@ def test_long_prompts_are_filtered_and_counted(tiny_dir, phantom_dir, tmp_path):
     )
 
 
-# --- the vLLM double image-token expansion guard (CPU: the GPU boundary is faked) ---
+# --- recipes/vllm_guard.py logic (the real vLLM path runs in tests/test_vllm.py) ---
+
+IMG = 7
 
 
-def test_count_runs():
+def test_count_and_collapse_runs():
     assert vllm_guard.count_runs([1, 9, 9, 9, 2, 9, 3], 9) == [3, 1]
     assert vllm_guard.count_runs([9, 9], 9) == [2]
     assert vllm_guard.count_runs([1, 2], 9) == []
+    assert vllm_guard.collapse_runs([1, 9, 9, 9, 2, 9, 3, 9, 9], 9) == [1, 9, 2, 9, 3, 9]
 
 
-def test_guard_passes_single_expansion_and_stops_double_expansion():
-    img = 7
-    sent = [[1, 2, img, img, img, img, 3], [1, img, img, img, img, 4]]
-    once = [p for p in sent for _ in range(2)]  # 2 generations per prompt, prompts as sent
-    vllm_guard.check_expansion(sent, once, img)
-    twice = [p[:2] + [img] * 16 + p[6:] for p in once]  # each of the 4 pads became 4 again
+def test_check_expansion_wants_exactly_the_runs_sent():
+    sent = [[1, 2, IMG, IMG, IMG, IMG, 3], [1, IMG, IMG, IMG, IMG, 4]]
+    vllm_guard.check_expansion(sent, [p for p in sent for _ in range(2)], IMG)  # 2 generations per prompt
+    twice = [p[:2] + [IMG] * 16 + p[6:] for p in sent]  # each of the 4 pads became 4 again
+    with pytest.raises(vllm_guard.ImageTokenMismatch, match="TRL sent 4 image tokens .* vLLM processed 16"):
+        vllm_guard.check_expansion(sent, twice, IMG)
+    with pytest.raises(vllm_guard.ImageTokenMismatch, match="vLLM processed 1 in runs"):
+        vllm_guard.check_expansion(sent, [vllm_guard.collapse_runs(p, IMG) for p in sent], IMG)
+
+
+class FakeGeneration:
+    """Stands in for trl's VLLMGeneration: ``expand`` says what its vLLM does to each image token it gets
+    (0: keeps it; n: replaces it by n tokens, as vLLM 0.31 does with the image's feature count)."""
+
+    def __init__(self, expand: int, mode: str = "colocate"):
+        self.expand, self.mode, self.sent, self.max_completion_length = expand, mode, [], 16
+        self.synced, self.reset = 0, 0
+        outer = self
+
+        class Engine:
+            def reset_encoder_cache(self):
+                outer.reset += 1
+
+        self.llm = type("LLM", (), {"llm_engine": Engine()})()
+
+    def generate(self, prompts, images=None, num_generations=1, profiler=None):
+        self.sent.append(prompts)
+        n = self.expand
+        ids = [[t for tok in p for t in ([tok] * n if (tok == IMG and n) else [tok])] for p in prompts]
+        return ids, [[5]] * len(ids), None, None
+
+    def _place_features(self, features, prompt_ids):
+        return features
+
+    def sync_weights(self):
+        self.synced += 1
+
+
+def test_guard_collapses_runs_checks_rollouts_and_returns_trls_own_ids():
+    prompt = [1, IMG, IMG, IMG, IMG, 2]
+    gen = FakeGeneration(expand=4)  # vLLM 0.31: every image token it gets becomes the image's 4
+    guard = vllm_guard.Guard(gen, IMG)
+    prompt_ids, completions, _, _ = gen.generate([prompt], [["image"]], 1)
+    assert gen.sent[-1] == [[1, IMG, 2]]  # one placeholder per image reached vLLM
+    assert prompt_ids == [prompt] and completions == [[5]] and guard.checked == 1
+    guard.collapse = False  # what trl 1.16 does on its own: 4 tokens sent, 16 processed
+    with pytest.raises(vllm_guard.ImageTokenMismatch, match="TRL sent 4 .* vLLM processed 16"):
+        gen.generate([prompt], [["image"]], 1)
+    gen.sync_weights()
+    assert (gen.synced, gen.reset) == (1, 1)  # every weight sync also drops vLLM's cached image features
+
+
+def test_probe_finds_out_whether_this_vllm_needs_the_collapse():
+    prompt = [1, IMG, IMG, 2]
+    expanding = vllm_guard.Guard(FakeGeneration(expand=2), IMG)
+    assert "collapsed" in expanding.probe(prompt, ["image"]) and expanding.collapse
+    keeping = vllm_guard.Guard(FakeGeneration(expand=0), IMG)  # a vLLM that trusts TRL's expansion
+    assert "no collapse needed" in keeping.probe(prompt, ["image"]) and not keeping.collapse
+    assert keeping.generation.max_completion_length == 16  # the probe's 1-token limit is undone
+    broken = vllm_guard.Guard(FakeGeneration(expand=3), IMG)  # neither way gives the 2 tokens sent
+    with pytest.raises(vllm_guard.ImageTokenMismatch, match="vLLM processed 3"):
+        broken.probe(prompt, ["image"])
+
+
+def test_server_features_must_fit_the_prompts_image_tokens():
+    features = {"mm_placeholders": {"image": [{"offset": 0, "length": 16}]}}
+    vllm_guard.check_placeholders(features, [1] + [IMG] * 16 + [2], IMG)
+    vllm_guard.check_placeholders(None, [1, 2], IMG)
     with pytest.raises(
-        vllm_guard.DoubleImageExpansionError, match="TRL sent 4 image tokens .* vLLM processed 16"
+        vllm_guard.ImageTokenMismatch, match=r"into \[16\] tokens, the trainer's processor into \[8\]"
     ):
-        vllm_guard.check_expansion(sent, twice, img)
+        vllm_guard.check_placeholders(features, [1] + [IMG] * 8 + [2], IMG)
+    gen = FakeGeneration(expand=0, mode="server")
+    guard = vllm_guard.Guard(gen, IMG)
+    with pytest.raises(vllm_guard.ImageTokenMismatch):
+        gen._place_features(features, [1, IMG, 2])
+    assert guard.checked == 0
 
 
-def test_guard_wraps_the_trainers_vllm_generation():
-    class FakeGeneration:  # stands in for trl's VLLMGeneration (needs a GPU)
-        def __init__(self, expand):
-            self.expand = expand
+def test_install_only_with_vllm():
+    trainer = type("T", (), {"use_vllm": False, "vllm_generation": None})()
+    assert vllm_guard.install(trainer) is None
 
-        def generate(self, prompts, images=None, num_generations=1, profiler=None):
-            ids = [[t for tok in p for t in ([tok] * self.expand if tok == 7 else [tok])] for p in prompts]
-            return ids, [[5]] * len(ids), None, None
 
-    class FakeTrainer:
-        use_vllm = True
+def test_rollout_plan_counts_whole_batches_and_refuses_an_untrainable_dataset():
+    from trl import GRPOConfig
 
-        def __init__(self, expand):
-            self.vllm_generation = FakeGeneration(expand)
-            self.processing_class = type("P", (), {"image_token_id": 7})()
+    from recipes.grpo import rollout_plan
 
-    good, bad = FakeTrainer(1), FakeTrainer(4)
-    assert vllm_guard.install(good) and vllm_guard.install(bad)
-    good.vllm_generation.generate([[1, 7, 7, 2]])
-    with pytest.raises(vllm_guard.DoubleImageExpansionError, match="trl issues 6294/6401"):
-        bad.vllm_generation.generate([[1, 7, 7, 2]])
-    no_vllm = FakeTrainer(1)
-    no_vllm.use_vllm = False
-    assert not vllm_guard.install(no_vllm)
+    args = GRPOConfig(
+        output_dir="/tmp/x", per_device_train_batch_size=4, steps_per_generation=80, num_generations=5,
+        gradient_accumulation_steps=20, use_cpu=True, report_to="none",
+    )  # fmt: skip
+    # one process: 4 x 80 = 320 completions = 64 prompts per rollout; 4 optimizer steps per rollout
+    assert rollout_plan(6600, args).startswith(
+        "103 rollout batches of 64 prompts per epoch (8 prompts left out"
+    )
+    assert "412 optimizer steps per epoch" in rollout_plan(6600, args)
+    with pytest.raises(SystemExit, match="63 training prompts are fewer than one rollout batch of 64"):
+        rollout_plan(63, args)
