@@ -29,7 +29,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-gpu test lint format demo tiny-model phantom sft coldstart-data coldstart grpo \
-	vllm-serve check-vllm eval compare bench bench-sft bench-rewards bench-grpo bench-data clean
+	vllm-serve check-vllm eval compare bench bench-sft bench-rewards bench-grpo bench-vllm bench-data clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -129,6 +129,9 @@ bench-rewards: $(VENV_STAMP) ## reward throughput on 10,000 generated completion
 
 bench-grpo: $(VENV_STAMP) ## GRPO s/step + peak memory: our recipe vs a bare TRL script
 	$(PY) -m recipes.bench --only grpo --out $(OUT)/bench.json
+
+bench-vllm: $(VENV_STAMP) ## rollout tokens/s and GRPO s/step: vLLM vs model.generate on CPU (or GPU)
+	$(PY) -m recipes.bench --only vllm --out $(OUT)/bench.json
 
 bench-data: $(VENV_STAMP) ## converter records/s and image images/s on a generated MIMIC-like tree
 	$(PY) -m recipes.bench --only data --out $(OUT)/bench.json

@@ -7,6 +7,8 @@
 - grpo:    s/step (median TRL step_time) and peak RSS of recipes/grpo.py vs a bare TRL
            GRPOTrainer script (recipes/bench_grpo_bare.py), same model, data, rewards, settings
 - data:    records/s of the MIMIC converter and images/s of the image step (data_prep.bench)
+- vllm:    rollout tokens/s of vLLM vs model.generate on the same GRPO prompts (recipes.bench_rollouts),
+           and the demo GRPO recipe's s/step with colocated vLLM vs transformers generation
 
 Training benchmarks need the demo's data and models; missing ones are built first.
 Each figure is measured in a child process; peak RSS is that process's maxrss.
@@ -90,7 +92,7 @@ def bench_sft(outputs: Path, steps: int) -> dict:
     }
 
 
-def bench_grpo_one(outputs: Path, steps: int, bare: bool) -> dict:
+def bench_grpo_one(outputs: Path, steps: int, bare: bool, vllm: bool = False) -> dict:
     model, data = outputs / "demo/coldstart", outputs / "phantom"
     with tempfile.TemporaryDirectory() as tmp:
         if bare:
@@ -101,6 +103,8 @@ def bench_grpo_one(outputs: Path, steps: int, bare: bool) -> dict:
                         "--dataset_path", str(data), "--output_dir", tmp, "--max_steps", str(steps),
                         "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1",
                         "--report_to", "none"]  # fmt: skip
+            if vllm:
+                cmd += ["--use_vllm", "true", "--vllm_mode", "colocate"]
         res = child(cmd)
     # TRL logs each step's time; the median past the first two steps leaves out warm-up
     # (first image decodes, allocator growth), which otherwise dominates a short run.
@@ -135,10 +139,35 @@ def bench_grpo(args) -> dict:
     }
 
 
+def bench_vllm(args) -> dict:
+    outputs = Path(args.outputs)
+    ensure_demo_inputs(outputs, need_coldstart=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        child(
+            PY + ["recipes.bench_rollouts", "--model", str(outputs / "demo/coldstart"), "--data",
+                  str(outputs / "phantom"), "--out", f"{tmp}/rollouts.json"]
+        )  # fmt: skip
+        rollouts = json.loads(Path(f"{tmp}/rollouts.json").read_text())
+    # As for grpo: alternate, keep each one's best median step time.
+    runs = {"vllm": [], "transformers": []}
+    for _ in range(2):
+        runs["vllm"].append(isolated("grpo-vllm", args))
+        runs["transformers"].append(isolated("grpo-ours", args))
+    best = {k: min(v, key=lambda r: r["s_per_step"]) for k, v in runs.items()}
+    return {
+        "rollouts": rollouts,
+        "grpo_runs": runs,
+        "grpo_s_per_step_vllm": best["vllm"]["s_per_step"],
+        "grpo_s_per_step_transformers": best["transformers"]["s_per_step"],
+        "grpo_peak_rss_mib_vllm": best["vllm"]["peak_rss_mib"],
+        "grpo_peak_rss_mib_transformers": best["transformers"]["peak_rss_mib"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="outputs/bench.json")
-    ap.add_argument("--only", nargs="*", choices=["sft", "rewards", "grpo", "data"])
+    ap.add_argument("--only", nargs="*", choices=["sft", "rewards", "grpo", "data", "vllm"])
     ap.add_argument("--outputs", default="outputs", help="where the demo's data and models live")
     ap.add_argument("--steps", type=int, default=20, help="training steps per training benchmark")
     ap.add_argument("--data-studies", type=int, default=20000)
@@ -151,6 +180,7 @@ def main() -> None:
             "sft": lambda: bench_sft(outputs, args.steps),
             "grpo-ours": lambda: bench_grpo_one(outputs, args.steps, bare=False),
             "grpo-bare": lambda: bench_grpo_one(outputs, args.steps, bare=True),
+            "grpo-vllm": lambda: bench_grpo_one(outputs, args.steps, bare=False, vllm=True),
         }[args.one]
         print(json.dumps(fn()))
         return
@@ -161,7 +191,7 @@ def main() -> None:
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
     }
-    todo = args.only or ["sft", "rewards", "grpo", "data"]
+    todo = args.only or ["sft", "rewards", "grpo", "data", "vllm"]
     with tempfile.TemporaryDirectory() as tmp:
         for name in todo:
             print(f"[bench] {name} ...", flush=True)
@@ -169,6 +199,8 @@ def main() -> None:
                 results["sft"] = isolated("sft", args)
             elif name == "grpo":
                 results["grpo"] = bench_grpo(args)
+            elif name == "vllm":
+                results["vllm"] = bench_vllm(args)
             elif name == "rewards":
                 child(PY + ["rewards.bench", "--out", f"{tmp}/rewards.json"])
                 results["rewards"] = json.loads(Path(f"{tmp}/rewards.json").read_text())

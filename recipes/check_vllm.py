@@ -197,7 +197,13 @@ def build_prompts(records: list[dict], dataset_dir: str, processor, reasoning: b
             return_tensors="pt",
         )
         out.append(
-            {"id": rec.get("id"), "image": image, "inputs": inputs, "ids": inputs["input_ids"][0].tolist()}
+            {
+                "id": rec.get("id"),
+                "image": image,
+                "messages": messages,
+                "inputs": inputs,
+                "ids": inputs["input_ids"][0].tolist(),
+            }
         )
     return out
 

