@@ -1,6 +1,6 @@
-"""Stage 3: online RL with GRPO (TRL's GRPOTrainer), vLLM doing the group sampling on GPUs.
+"""Stage 3: online RL with GRPO (TRL's GRPOTrainer), vLLM doing the group sampling.
 
-    # demo, CPU, no vLLM
+    # demo, CPU, transformers generation (add `--use_vllm true --vllm_mode colocate` for vLLM on CPU)
     python -m recipes.grpo --config recipes/demo/grpo.yaml
     # Qwen2.5-VL-7B, 8 GPUs, vLLM colocated in the training processes
     accelerate launch --config_file recipes/accelerate/zero3.yaml -m recipes.grpo \
@@ -10,7 +10,9 @@
 Each prompt is the image + question + the paper's reasoning instruction; the columns the
 rewards read (solution, boxes, width, height, task) ride along. Rewards come from the registry
 by name (`reward_funcs`, `reward_weights` in the YAML). Prompts longer than `max_prompt_tokens`
-are dropped and counted (GRPOConfig no longer truncates prompts).
+are dropped and counted (GRPOConfig no longer truncates prompts). With vLLM, recipes/vllm_guard.py
+makes the rollouts come from the prompt and weights being trained (see its docstring), and
+recipes/vision_tokens.py keeps vision special tokens out of every completion.
 """
 
 from __future__ import annotations

@@ -37,10 +37,6 @@ class ImageTokenMismatch(RuntimeError):
     pass
 
 
-# Kept for callers of the earlier name.
-DoubleImageExpansionError = ImageTokenMismatch
-
-
 def count_runs(ids, token_id: int) -> list[int]:
     """Lengths of the runs of ``token_id`` in ``ids`` (one run per image)."""
     runs, n = [], 0

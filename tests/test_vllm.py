@@ -44,6 +44,14 @@ def opinionated_dir(tiny_dir, tmp_path_factory):
     return save_variant(tiny_dir, tmp_path_factory.mktemp("op") / "tiny-op", lambda m: reinit(m, 1))
 
 
+def demo_grpo(model, data, out, *extra) -> list:
+    """recipes/demo/grpo.yaml on the given model and data, tracker off, plus ``extra`` flags."""
+    return [
+        "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", model, "--dataset_path", data,
+        "--output_dir", out, "--report_to", "none", *extra,
+    ]  # fmt: skip
+
+
 def rows(log: str) -> list[dict]:
     return [eval(line, {}) for line in log.splitlines() if line.startswith("{'loss")]  # noqa: S307
 
@@ -54,24 +62,7 @@ def test_weight_sync_reaches_colocated_vllm_and_vision_tokens_are_never_sampled(
     out = tmp_path / "sync.json"
     proc = vllm_run(
         "tests.vllm_sync_probe",
-        *(
-            "--config",
-            "recipes/demo/grpo.yaml",
-            "--model_name_or_path",
-            tiny_dir,
-            "--dataset_path",
-            phantom_dir,
-        ),
-        *(
-            "--output_dir",
-            tmp_path / "o",
-            "--use_vllm",
-            "true",
-            "--vllm_mode",
-            "colocate",
-            "--report_to",
-            "none",
-        ),
+        *demo_grpo(tiny_dir, phantom_dir, tmp_path / "o", "--use_vllm", "true", "--vllm_mode", "colocate"),
         *("--out", out),
     )
     assert "start-up probe: colocate: image-token runs collapsed" in proc.stdout
@@ -96,26 +87,9 @@ def test_grpo_trains_with_colocated_vllm(tiny_dir, phantom_dir, tmp_path):
     out = tmp_path / "grpo"
     proc = vllm_run(
         "recipes.grpo",
-        *(
-            "--config",
-            "recipes/demo/grpo.yaml",
-            "--model_name_or_path",
-            tiny_dir,
-            "--dataset_path",
-            phantom_dir,
-        ),
-        *("--output_dir", out, "--use_vllm", "true", "--vllm_mode", "colocate", "--max_steps", "5"),
-        *(
-            "--max_completion_length",
-            "24",
-            "--logging_steps",
-            "1",
-            "--save_strategy",
-            "no",
-            "--report_to",
-            "none",
-        ),
-        *("--disable_tqdm", "true"),
+        *demo_grpo(tiny_dir, phantom_dir, out, "--use_vllm", "true", "--vllm_mode", "colocate"),
+        *["--max_steps", "5", "--max_completion_length", "24", "--logging_steps", "1"],
+        *["--save_strategy", "no", "--disable_tqdm", "true"],
     )
     log = proc.stdout + proc.stderr
     assert "vLLM on CPU: linear weights kept unpacked" in log
@@ -162,14 +136,9 @@ def test_server_mode_generates_for_trls_client(opinionated_dir, phantom_dir, tmp
     env = {**script_env(), **VLLM_ENV, "VLLM_PORT": str(port), "VLLM_DTYPE": "float32"}
     env.update(VLLM_GPU_MEMORY_UTILIZATION="0.1", VLLM_MAX_MODEL_LEN="1024")
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115
+    cmd = ["make", "vllm-serve", f"VLLM_MODEL={opinionated_dir}", f"VLLM_DATA={phantom_dir}"]
     server = subprocess.Popen(
-        [
-            "make",
-            "vllm-serve",
-            f"VLLM_MODEL={opinionated_dir}",
-            f"VLLM_DATA={phantom_dir}",
-            "ARGS=--enforce-eager",
-        ],
+        [*cmd, "ARGS=--enforce-eager"],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -208,24 +177,7 @@ def test_server_mode_generates_for_trls_client(opinionated_dir, phantom_dir, tmp
 def test_grpo_refuses_server_mode_training_on_cpu(tiny_dir, phantom_dir, tmp_path):
     proc = run_module(
         "recipes.grpo",
-        *(
-            "--config",
-            "recipes/demo/grpo.yaml",
-            "--model_name_or_path",
-            tiny_dir,
-            "--dataset_path",
-            phantom_dir,
-        ),
-        *(
-            "--output_dir",
-            tmp_path / "o",
-            "--use_vllm",
-            "true",
-            "--vllm_mode",
-            "server",
-            "--report_to",
-            "none",
-        ),
+        *demo_grpo(tiny_dir, phantom_dir, tmp_path / "o", "--use_vllm", "true", "--vllm_mode", "server"),
         check=False,
     )
     assert proc.returncode != 0
