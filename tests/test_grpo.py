@@ -265,3 +265,19 @@ def test_rollout_plan_counts_whole_batches_and_refuses_an_untrainable_dataset():
     assert "412 optimizer steps per epoch" in rollout_plan(6600, args)
     with pytest.raises(SystemExit, match="63 training prompts are fewer than one rollout batch of 64"):
         rollout_plan(63, args)
+
+
+def test_use_vllm_without_vllm_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from trl import GRPOConfig, ModelConfig
+
+    from recipes.grpo import check_vllm_setup
+
+    args = GRPOConfig(output_dir="/tmp/x", use_vllm=True, use_cpu=True, report_to="none")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
+    )
+    with pytest.raises(SystemExit, match="use_vllm: true needs vLLM: `make install`"):
+        check_vllm_setup(args, ModelConfig())
