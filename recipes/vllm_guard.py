@@ -28,7 +28,7 @@ from __future__ import annotations
 ADVICE = (
     "The prompt vLLM generated from is not the prompt TRL trains on (trl issues 6294/6401). "
     "Check that the vLLM release is the tested one (0.31.0), that a vLLM server was started with the "
-    "dataset's frame (`make vllm-serve VLLM_MODEL=... DATA=...`), or train without vLLM (`use_vllm: false`). "
+    "dataset's frame (`make vllm-serve VLLM_MODEL=... VLLM_DATA=...`), or train without vLLM (`use_vllm: false`). "
     "Set `vllm_guard: false` only to reproduce the bug."
 )
 
