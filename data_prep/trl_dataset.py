@@ -28,8 +28,10 @@ def load_checked_records(
     need_reasoning: bool = False,
     max_samples: int | None = None,
     skip_bad_rows: bool = False,
+    quiet: bool = False,
 ) -> list[dict]:
-    """Records of one split that are safe to train on; bad rows raise (or are skipped, counted)."""
+    """Records of one split that are safe to train on; bad rows raise (or are skipped, counted; ``quiet``
+    skips without saying so, for a second read whose bad rows the first already reported)."""
     dataset_dir = Path(dataset_dir)
     file = dataset_dir / RECORDS
     if not file.exists():
@@ -65,7 +67,8 @@ def load_checked_records(
                 f"{len(bad)} bad row(s) in split '{split}' of {file}:\n{listing}{more}\n"
                 "Fix the data, or set `skip_bad_rows: true` in the recipe to train without them."
             )
-        print(f"skipped {len(bad)} bad row(s) of {file}: {dict(reasons)}\n{listing}{more}")
+        if not quiet:
+            print(f"skipped {len(bad)} bad row(s) of {file}: {dict(reasons)}\n{listing}{more}")
     if not good:
         raise BadRowsError(f"no usable records in split '{split}' of {file} (tasks={tasks})")
     return good
@@ -97,12 +100,29 @@ def sft_dataset(records: list[dict], dataset_dir: str | Path, reasoning: bool) -
     return _image_column(Dataset.from_list(rows))
 
 
-def grpo_dataset(records: list[dict], dataset_dir: str | Path) -> Dataset:
-    """prompt / images rows plus the columns the rewards read (solution, boxes, width, height, task).
+def image_boxes(records: list[dict]) -> dict[str, list[dict]]:
+    """Every box annotated on each image, across all its records (the asked finding's record holds only
+    that finding's box; the image shows them all). De-duplicated by (label, box), in first-seen order."""
+    out: dict[str, list[dict]] = {}
+    for rec in records:
+        boxes = out.setdefault(rec["image"], [])
+        for b in rec.get("boxes") or ():
+            item = {"label": b["label"], "box": [float(v) for v in b["box"]]}
+            if item not in boxes:
+                boxes.append(item)
+    return out
 
+
+def grpo_dataset(records: list[dict], dataset_dir: str | Path, boxes_of_image: dict | None = None) -> Dataset:
+    """prompt / images rows plus the columns the rewards read (solution, boxes, image_boxes, width,
+    height, task).
+
+    ``image_boxes`` (from ``boxes_of_image``, default: ``image_boxes(records)``) is every annotated box
+    of the row's image: what a reasoning that surveys the image should cite (rewards.grounded.grounding).
     ``credentialed`` lets recipes/grpo.py keep completion tables of credentialed sources out of
     trackers unless the recipe opts in.
     """
+    boxes_of_image = image_boxes(records) if boxes_of_image is None else boxes_of_image
     rows = []
     for rec in records:
         rows.append(
@@ -111,6 +131,7 @@ def grpo_dataset(records: list[dict], dataset_dir: str | Path) -> Dataset:
                 "images": [str(resolve_image(dataset_dir, rec["image"]))],
                 "solution": rec["answer"],
                 "boxes": [{"label": b["label"], "box": [float(v) for v in b["box"]]} for b in rec["boxes"]],
+                "image_boxes": boxes_of_image.get(rec["image"], []),
                 "width": rec["width"],
                 "height": rec["height"],
                 "task": rec["task"],
@@ -121,4 +142,4 @@ def grpo_dataset(records: list[dict], dataset_dir: str | Path) -> Dataset:
     return _image_column(Dataset.from_list(rows))
 
 
-__all__ = ["load_checked_records", "sft_dataset", "grpo_dataset", "trl_prompt"]
+__all__ = ["load_checked_records", "sft_dataset", "grpo_dataset", "image_boxes", "trl_prompt"]

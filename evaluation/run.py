@@ -28,6 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_prep.io import atomic_write_text, read_records, write_jsonl
+from data_prep.trl_dataset import image_boxes
 from evaluation.generation import BACKENDS
 
 PREDICTIONS = "predictions.jsonl"
@@ -136,6 +137,7 @@ def evaluate(
     records = read_records(data_dir, split=split)
     if not records:
         raise SystemExit(f"{data_dir}: no records in split '{split}'")
+    boxes_of_image = image_boxes(records)  # of the whole split: a limited run may cut a study in two
     if limit is not None:
         records = records[:limit]
     out = Path(out_dir)
@@ -198,7 +200,14 @@ def evaluate(
     t0 = time.perf_counter()
     completions = load_predictions(pred_path)
     results, per_sample = score_run(
-        records, completions, reasoning, meteor=meteor, model_metrics=model_metrics, n_boot=n_boot, seed=seed
+        records,
+        completions,
+        reasoning,
+        meteor=meteor,
+        model_metrics=model_metrics,
+        n_boot=n_boot,
+        seed=seed,
+        boxes_of_image=boxes_of_image,
     )
     score_seconds = time.perf_counter() - t0
     results = {

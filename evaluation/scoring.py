@@ -12,8 +12,12 @@ from collections import defaultdict
 
 import numpy as np
 
+from data_prep.trl_dataset import image_boxes
 from evaluation import metrics as M
 from evaluation import nlg
+from rewards import grounded as G
+from rewards.grounded import GROUNDED_WEIGHTS
+from rewards.parsing import parse
 
 # Order and labels of the headline rows in tables and plots (evaluation.compare).
 HEADLINE = [
@@ -41,6 +45,7 @@ HEADLINE = [
     ("reasoning/valid_box_rate", "Reasoning valid-box rate"),
     ("reasoning/cited_box_iou", "Reasoning cited-box IoU"),
     ("answers/boxed_rate", "Answers in \\boxed{}"),
+    ("reward/grounded", "Grounded reward (mean, GRPO weights)"),
 ]
 HEADLINE_LABELS = dict(HEADLINE)
 
@@ -53,8 +58,12 @@ def score_run(
     model_metrics: bool = True,
     n_boot: int = 1000,
     seed: int = 0,
+    boxes_of_image: dict | None = None,
 ) -> tuple[dict, list[dict]]:
-    """(results, per-sample rows). A record without a completion is scored as an empty answer."""
+    """(results, per-sample rows). A record without a completion is scored as an empty answer.
+
+    ``boxes_of_image`` (image -> every box annotated on it, ``data_prep.trl_dataset.image_boxes`` of the
+    whole split) is what the grounded reward's grounding term checks; default: from ``records``."""
     texts = [completions.get(r["id"], "") for r in records]
     missing = sum(1 for r in records if r["id"] not in completions)
     extracted = [M.extract_answer(t) for t in texts]
@@ -208,6 +217,19 @@ def score_run(
     else:
         results["reasoning"] = None
 
+    rewards = grounded_rewards(texts, records, boxes_of_image)
+    for row, rwd in zip(per_sample, rewards):
+        row["grounded_reward"] = rwd
+    total = np.array([r["total"] for r in rewards])
+    results["reward"] = {
+        "grounded": float(total.mean()),
+        "terms": {k: _mean_of(r[k] for r in rewards) for k in GROUNDED_WEIGHTS},
+        "weights": dict(GROUNDED_WEIGHTS),
+    }
+    headline["reward/grounded"] = M.headline_entry(
+        total.mean(), M.bootstrap_ci(total, n_resamples=n_boot, seed=seed), len(total)
+    )
+
     results["by_source"] = _by_source(records, answers, per_sample)
     results["headline"] = {k: headline[k] for k, _ in HEADLINE if k in headline}
     return results, per_sample
@@ -253,6 +275,32 @@ def _score_reports(recs, answers, meteor, model_metrics, n_boot, seed, headline)
         summary.update({"bertscore_f1": note, "radgraph_f1": note, "chexbert": note})
     summary["_per_rouge"] = per.get("rouge_l", np.zeros(len(recs))).tolist()
     return summary
+
+
+def grounded_rewards(texts: list[str], records: list[dict], boxes_of_image: dict | None = None) -> list[dict]:
+    """Per completion, the grounded reward GRPO trains with: each term and the weighted total.
+
+    The same functions, weights and reference boxes (every box of the image) as ``reward_mode:
+    grounded`` in recipes/grpo.py, so a checkpoint's mean here is comparable with the training curves;
+    ``grounding`` is None (left out of the sum, as TRL does) where the image has no ground-truth boxes.
+    """
+    boxes_of_image = image_boxes(records) if boxes_of_image is None else boxes_of_image
+    out = []
+    for text, r in zip(texts, records):
+        terms = {
+            "answer": G.answer_score(parse(text).answer, str(r["answer"]), r["task"]),
+            "format": G.format_score(text),
+            "coordinate": G.coordinate_score(text, r["width"], r["height"]),
+            "grounding": G.grounding_score(text, boxes_of_image.get(r["image"], [])),
+        }
+        terms["total"] = sum(GROUNDED_WEIGHTS[k] * v for k, v in terms.items() if v is not None)
+        out.append(terms)
+    return out
+
+
+def _mean_of(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
 
 
 def _by_source(records, answers, per_sample) -> dict:

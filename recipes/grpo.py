@@ -30,7 +30,7 @@ from trl import (
 )
 
 from data_prep.frame import FACTOR
-from data_prep.trl_dataset import grpo_dataset, load_checked_records, trl_prompt
+from data_prep.trl_dataset import grpo_dataset, image_boxes, load_checked_records, trl_prompt
 from recipes import vision_tokens, vllm_cpu, vllm_guard
 from recipes.common import end_distributed, last_checkpoint, load_processor, save_final
 from rewards import REWARD_SETS, get_reward_funcs
@@ -174,7 +174,12 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig, m
         skip_bad_rows=script_args.skip_bad_rows,
     )
     records = filter_long_prompts(records, processor, script_args.max_prompt_tokens)
-    train_ds = grpo_dataset(records, script_args.dataset_path)
+    # The grounding reward checks cited boxes against every finding annotated on the image, from all
+    # of the split's records (a question's record holds only the asked finding's box).
+    all_records = load_checked_records(
+        script_args.dataset_path, script_args.train_split, skip_bad_rows=True, quiet=True
+    )
+    train_ds = grpo_dataset(records, script_args.dataset_path, image_boxes(all_records))
     if (
         training_args.log_completions
         and any(train_ds["credentialed"])

@@ -427,3 +427,50 @@ def test_meteor_ci_brackets_the_corpus_score():
     assert slo == pytest.approx(0.62 - (per.mean() - lo))
     assert nlg.shifted_ci(0.99, per, 500, 1)[1] == 1.0
     assert nlg.shifted_ci(0.5, per, 0, 1) == (None, None)
+
+
+def test_score_run_grounded_reward_mean_matches_the_training_reward():
+    """reward/grounded = mean over records of answer + 0.2 format + 0.2 coordinate + 0.5 grounding."""
+    records = [
+        rec(1, "vqa", "yes", boxes=[("nodule", (10, 10, 50, 50))], width=112, height=112),
+        rec(2, "vqa", "yes", boxes=[("nodule", (10, 10, 50, 50))], width=112, height=112),
+        rec(3, "vqa", "no", width=112, height=112),  # no gt boxes on its image: grounding is left out
+    ]
+    for i, r in enumerate(records):
+        r["image"] = f"images/{i}.png"
+    completions = {
+        # right answer, clean format, one valid box (1/3 of the coordinate cap), exact box: 1 + 0.2 + 0.2/3 + 0.5
+        "r1": "<think> Asked: nodule. Nodule [10, 10, 50, 50]. So: seen. </think>. The answer is: \\boxed{yes}",
+        # wrong answer, clean format, no box: 0 + 0.2 + 0 + 0.5 * 0
+        "r2": "<think> Asked: nodule. Clear lungs. So: not seen. </think>. The answer is: \\boxed{no}",
+        # right answer, no think block: format 0, coordinate 0, grounding None: 1
+        "r3": "\\boxed{no}",
+    }
+    results, per = score_run(
+        records, completions, reasoning=True, meteor=False, model_metrics=False, n_boot=50
+    )
+    expected = [1 + 0.2 + 0.2 / 3 + 0.5, 0.2, 1.0]
+    assert [p["grounded_reward"]["total"] for p in per] == pytest.approx(expected)
+    assert per[2]["grounded_reward"]["grounding"] is None
+    entry = results["headline"]["reward/grounded"]
+    assert entry["value"] == pytest.approx(np.mean(expected))
+    assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
+    assert results["reward"]["terms"]["grounding"] == pytest.approx(0.5)  # mean of 1 and 0; None left out
+
+
+def test_grounded_reward_checks_cited_boxes_against_every_box_of_the_image():
+    """A question about one finding: citing the image's other true finding is right, not an extra box."""
+    records = [
+        rec(1, "vqa", "yes", boxes=[("nodule", (10, 10, 30, 30))], width=112, height=112),
+        rec(2, "vqa", "yes", boxes=[("effusion", (60, 60, 100, 100))], width=112, height=112),
+    ]  # both records ask about the same image (rec() gives them one image path)
+    text = "<think> Nodule [10, 10, 30, 30]. Effusion [60, 60, 100, 100]. So: seen. </think>. The answer is: \\boxed{yes}"
+    _, per = score_run(records, {"r1": text, "r2": text}, True, meteor=False, model_metrics=False, n_boot=10)
+    assert [p["grounded_reward"]["grounding"] for p in per] == pytest.approx([1.0, 1.0])
+    alone = {"images/none.png": [{"label": "nodule", "box": [10.0, 10.0, 30.0, 30.0]}]}
+    _, per = score_run(
+        records[:1], {"r1": text}, True, meteor=False, model_metrics=False, n_boot=10, boxes_of_image=alone
+    )
+    assert per[0]["grounded_reward"]["grounding"] == pytest.approx(
+        2 / 3
+    )  # soft F1: 1 of 2 cited, 1 of 1 true

@@ -281,3 +281,26 @@ def test_use_vllm_without_vllm_says_what_to_install(monkeypatch):
     )
     with pytest.raises(SystemExit, match="use_vllm: true needs vLLM: `make install`"):
         check_vllm_setup(args, ModelConfig())
+
+
+def test_grounding_reward_reads_every_finding_of_the_image(phantom_dir):
+    """A presence question's record holds only the asked finding's box; its GRPO row carries them all,
+    so a survey that cites every true finding scores 1 and one that skips a finding scores less."""
+    from data_prep.trl_dataset import grpo_dataset, image_boxes, load_checked_records
+    from rewards.grounded import grounding
+
+    records = load_checked_records(phantom_dir, "train")
+    multi = next(
+        r for r in records if r["task"] == "vqa" and r["answer"] == "yes" and len(r["meta"]["findings"]) >= 2
+    )
+    union = image_boxes(records)[multi["image"]]
+    assert len(multi["boxes"]) == 1 and len(union) == len(multi["meta"]["findings"])
+    row = grpo_dataset([multi], phantom_dir, image_boxes(records))[0]
+    assert row["image_boxes"] == union and row["boxes"] == multi["boxes"]
+    cite = lambda boxes: "<think> " + " ".join(f"F {b['box']}." for b in boxes) + " </think> \\boxed{yes}"  # noqa: E731
+    full, asked_only = cite(union), cite(multi["boxes"])
+    kwargs = {k: [row[k]] * 2 for k in ("boxes", "image_boxes")}
+    scores = grounding([full, asked_only], **kwargs)
+    assert scores[0] == pytest.approx(1.0) and scores[1] < 1.0
+    # without the column (a dataset made elsewhere) the record's own boxes are the reference
+    assert grounding([asked_only], boxes=[row["boxes"]]) == pytest.approx([1.0])
