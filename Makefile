@@ -28,7 +28,7 @@ NPROC ?= 8
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu test lint format demo tiny-model phantom sft coldstart-data coldstart grpo \
+.PHONY: help install install-gpu test lint format demo demo-seeds reward-study tiny-model phantom sft coldstart-data coldstart grpo \
 	vllm-serve check-vllm eval compare bench bench-sft bench-rewards bench-grpo bench-vllm bench-data clean
 
 help: ## list every target
@@ -74,8 +74,17 @@ tiny-model: $(VENV_STAMP) ## build the tiny offline Qwen2.5-VL into outputs/tiny
 phantom: $(VENV_STAMP) ## generate the phantom CXR dataset into outputs/phantom
 	$(PY) -m data_prep.phantom --n $(PHANTOM_N) --size $(PHANTOM_SIZE) --out $(OUT)/phantom
 
-demo: $(VENV_STAMP) ## whole pipeline on CPU: phantom -> tiny model -> SFT -> cold start -> GRPO -> eval
-	$(PY) -m recipes.demo --out $(OUT) $(ARGS)
+SEED ?= 0
+SEEDS ?= 0 1 2
+demo: $(VENV_STAMP) ## whole pipeline on CPU: phantom -> tiny model -> SFT -> cold start -> GRPO -> eval (SEED=N)
+	$(PY) -m recipes.demo --out $(OUT) --seed $(SEED) $(ARGS)
+
+demo-seeds: $(VENV_STAMP) ## the demo for SEEDS="0 1 2", cold start vs GRPO on validation + test, checked
+	$(PY) -m recipes.demo_seeds --out $(OUT) --seeds $(SEEDS) $(ARGS)
+
+reward-study: $(VENV_STAMP) ## GRPO with the paper's vs the grounded reward from the demo's cold start
+	$(PY) -m recipes.reward_study --coldstart $(OUT)/demo/coldstart --data $(OUT)/phantom \
+		--out $(OUT)/reward-study --seeds $(SEEDS) $(ARGS)
 
 sft: $(VENV_STAMP) ## stage 1: recipes/$(SCALE)/sft.yaml (accelerate on GPUs; SCALE=demo runs on CPU)
 	$(call launch,recipes.sft,recipes/$(SCALE)/sft.yaml)

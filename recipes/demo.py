@@ -39,36 +39,61 @@ def run(cmd: list[str], log: Path) -> float:
     return time.time() - t0
 
 
-def plot_rewards(grpo_dir: Path, png: Path) -> Path | None:
-    """Reward curves (one line per reward function) from the GRPO run's trainer_state.json."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def grpo_history(grpo_dir: Path) -> list[dict]:
+    """The GRPO run's logged steps (trainer_state.json of the run, or of its last checkpoint)."""
     states = sorted(
         grpo_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])
     )
     state_file = grpo_dir / "trainer_state.json"
     state_file = state_file if state_file.exists() else (states[-1] if states else None)
     if state_file is None:
+        return []
+    return [h for h in json.loads(state_file.read_text())["log_history"] if "reward" in h]
+
+
+def plot_rewards(grpo_dir: Path, png: Path) -> Path | None:
+    """Training curves of the GRPO run: reward per term, KL to the reference, completion length, boxes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = grpo_history(grpo_dir)
+    if not history:
         return None
-    history = [h for h in json.loads(state_file.read_text())["log_history"] if "reward" in h]
-    keys = sorted({k for h in history for k in h if k.startswith("rewards/") and k.endswith("/mean")})
-    fig, ax = plt.subplots(figsize=(7, 4))
     steps = [h["step"] for h in history]
+    keys = sorted({k for h in history for k in h if k.startswith("rewards/") and k.endswith("/mean")})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    ax = axes[0]
     ax.plot(steps, [h["reward"] for h in history], "k-", lw=2, label="total (weighted)")
     for k in keys:
         ax.plot(steps, [h.get(k) for h in history], marker=".", label=k.split("/")[1])
-    ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward")
-    ax.set_title("Demo GRPO: reward per function")
-    ax.grid(alpha=0.3)
+    ax.set_title("reward per term")
     ax.legend(fontsize=8)
+    axes[1].plot(steps, [h.get("kl") for h in history], "C3.-")
+    axes[1].set_title("KL to the cold start (reference)")
+    ax = axes[2]
+    ax.plot(steps, [h.get("completions/mean_length") for h in history], "C0.-", label="completion tokens")
+    ax.set_ylabel("tokens")
+    ax.set_title("completion length and boxes cited")
+    twin = ax.twinx()
+    twin.plot(steps, [h.get("boxes/per_completion") for h in history], "C2.-", label="boxes per completion")
+    twin.set_ylabel("boxes")
+    ax.legend(handles=ax.get_lines() + twin.get_lines(), fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Demo GRPO ({grpo_dir})")
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def demo_dir(out: Path, seed: int) -> Path:
+    """Where one seed's stages and evaluations go: OUT/demo for seed 0, OUT/demo-seedN otherwise."""
+    return out / ("demo" if seed == 0 else f"demo-seed{seed}")
 
 
 def main() -> None:
@@ -77,12 +102,19 @@ def main() -> None:
     ap.add_argument("--studies", type=int, default=2400, help="phantom studies to generate")
     ap.add_argument("--size", type=int, default=112, help="phantom image side (multiple of 28)")
     ap.add_argument("--eval-limit", type=int, default=200, help="test records evaluated per stage")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="training seed of stages 1-3 (data, tiny model and teacher stay fixed); seed N > 0 writes "
+        "its stages to OUT/demo-seedN",
+    )
     ap.add_argument("--stop-after", choices=STAGES, default="eval")
     ap.add_argument("--fresh", action="store_true", help="delete previous demo outputs first")
     args = ap.parse_args()
 
     out = Path(args.out)
-    demo = out / "demo"
+    demo = demo_dir(out, args.seed)
     # The GRPO stage logs reward curves and completion tables to wandb, offline: files under
     # outputs/demo/wandb, viewable with `wandb sync` / `wandb leet`; nothing leaves the machine.
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -102,6 +134,8 @@ def main() -> None:
         str(data),
         "--output_dir",
         str(stage_dirs[stage]),
+        "--seed",
+        str(args.seed),
     ]
     plan = [
         (

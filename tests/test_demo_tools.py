@@ -1,0 +1,114 @@
+"""The demo's judging tools: per-seed checks (recipes.demo_seeds), training-curve plots
+(recipes.demo) and the reward study's table (recipes.reward_study), on hand-made inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recipes import demo, demo_seeds, reward_study
+
+
+def entry(value, half):
+    return {"value": value, "ci_low": value - half, "ci_high": value + half, "n": 100}
+
+
+def headline(reward, iou, miou, closed, fmt=1.0):
+    return {
+        "reward/grounded": entry(reward, 0.03),
+        "reasoning/cited_box_iou": entry(iou, 0.03),
+        "grounding/miou": entry(miou, 0.05),
+        "vqa/closed": entry(closed, 0.02),
+        "reasoning/format_rate": entry(fmt, 0.0),
+        "reasoning/boxes_per_answer": entry(1.5, 0.1),
+    }
+
+
+def test_checks_pass_when_one_metric_clears_and_none_drops():
+    before = headline(1.00, 0.55, 0.50, 0.86)
+    after = headline(1.10, 0.54, 0.52, 0.93)  # closed: [0.91, 0.95] above [0.84, 0.88]; IoU -0.01 < 0.03
+    result = demo_seeds.checks(before, after, headline(1.1, 0.56, 0.5, 0.9))
+    assert all(ok for ok, _ in result.values()), result
+    assert "closed VQA" in result["CI-clear gain"][1]
+
+
+def test_checks_fail_on_overlap_drop_and_floor():
+    before = headline(1.00, 0.55, 0.50, 0.86)
+    after = headline(1.01, 0.50, 0.52, 0.89)  # closed CIs overlap ([0.87, 0.91] vs [0.84, 0.88]); IoU -0.05
+    test = headline(0.9, 0.49, 0.5, 0.79, fmt=0.95)
+    result = demo_seeds.checks(before, after, test)
+    assert result["reward up"][0]
+    assert not result["CI-clear gain"][0]
+    assert not result["no drop"][0] and "cited-box IoU -0.050 > 0.030" in result["no drop"][1]
+    assert not result["test floor"][0]
+    assert (
+        "closed VQA 0.790 < 0.8" in result["test floor"][1]
+        and "cited-box IoU 0.490" in result["test floor"][1]
+    )
+    assert not demo_seeds.checks(before, headline(0.99, 0.6, 0.6, 0.95), test)["reward up"][0]
+
+
+def test_report_spread_over_seeds():
+    results = {}
+    for seed, gain in ((0, 0.05), (1, 0.09)):
+        before, after = headline(1.0, 0.55, 0.5, 0.86), headline(1.0 + gain, 0.55, 0.5, 0.86 + gain)
+        results[seed] = {
+            "validation": {"coldstart": before, "grpo": after},
+            "test": {"coldstart": before, "grpo": after},
+            "checks": demo_seeds.checks(before, after, after),
+        }
+    md = demo_seeds.report(results)
+    assert "| validation | +0.070 [+0.050, +0.090] |" in md  # grounded reward: mean, min, max of the gains
+    assert md.count("| 0 coldstart |") == 2 and md.count("| 1 grpo |") == 2
+
+
+def write_state(folder, rows):
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": rows}))
+
+
+def test_plot_rewards_reads_the_run_or_its_last_checkpoint(tmp_path):
+    rows = [
+        {
+            "step": s,
+            "reward": 1.0 + s / 10,
+            "rewards/answer/mean": 0.5,
+            "rewards/grounding/mean": 0.4,
+            "kl": 0.01 * s,
+            "completions/mean_length": 50 + s,
+            "boxes/per_completion": 1.5,
+        }
+        for s in (2, 4, 6)
+    ]
+    write_state(tmp_path / "run" / "checkpoint-4", rows[:2])
+    write_state(tmp_path / "run" / "checkpoint-6", rows)
+    assert [h["step"] for h in demo.grpo_history(tmp_path / "run")] == [2, 4, 6]
+    png = demo.plot_rewards(tmp_path / "run", tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert demo.plot_rewards(tmp_path / "empty", tmp_path / "none.png") is None
+    assert demo.demo_dir(tmp_path, 0).name == "demo" and demo.demo_dir(tmp_path, 2).name == "demo-seed2"
+
+
+def test_reward_study_table_means_over_seeds():
+    results = {
+        "coldstart": headline(1.0, 0.5, 0.5, 0.9),
+        "paper-seed0": headline(0.9, 0.40, 0.4, 0.9),
+        "paper-seed1": headline(0.9, 0.50, 0.4, 0.9),
+        "grounded-seed0": headline(1.1, 0.60, 0.6, 0.9),
+    }
+    md = reward_study.table(results)
+    paper_row = next(line for line in md.splitlines() if line.startswith("| paper |"))
+    assert "0.450 (0.400, 0.500)" in paper_row  # cited-box IoU over the two paper seeds
+    assert "| grounded-seed0 | 1.500 [1.400, 1.600] |" in md
+
+
+@pytest.mark.parametrize("mode", ["paper", "grounded"])
+def test_reward_study_trains_with_each_reward_set(tmp_path, monkeypatch, mode):
+    calls = []
+    monkeypatch.setattr(reward_study.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    reward_study.train(mode, 3, tmp_path / "cs", tmp_path / "data", tmp_path / "out", 7)
+    cmd = calls[0]
+    names = cmd[cmd.index("--reward_funcs") + 1 : cmd.index("--reward_weights")]
+    assert names == list(reward_study.REWARD_SETS[mode])
+    assert cmd[cmd.index("--seed") + 1] == "3" and cmd[cmd.index("--max_steps") + 1] == "7"
