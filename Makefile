@@ -96,7 +96,7 @@ OFFLINE_STYLE ?= survey
 DATA ?= $(OUT)/phantom
 COLDSTART_OUT ?= $(OUT)/coldstart
 coldstart-data: $(VENV_STAMP) ## synthesise grounded reasoning with a teacher (see README: data use!)
-	$(PY) -m data_prep.coldstart --data $(DATA) --out $(COLDSTART_OUT) --teacher $(TEACHER) \
+	$(PY) -m data_prep.synthesis.coldstart --data $(DATA) --out $(COLDSTART_OUT) --teacher $(TEACHER) \
 		$(if $(filter offline,$(TEACHER)),--offline-style $(OFFLINE_STYLE)) \
 		$(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(MODEL),--model $(MODEL)) $(ARGS)
 

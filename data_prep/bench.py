@@ -7,7 +7,7 @@ Generates, in a temp folder, a MIMIC-CXR-JPG-shaped tree (files/p1X/p<subject>/s
 <dicom>.jpg, small JPGs of a few sizes; one report .txt per study drawn from a table of
 real-world section variants; metadata, split and CheXpert CSVs, gzipped; a few missing
 images / reports and empty reports so the ledger has rejects). Then, at two sizes
-(--studies / 4 and --studies), runs ``python -m data_prep.mimic_cxr`` twice in a fresh process:
+(--studies / 4 and --studies), runs ``python -m data_prep.converters.mimic_cxr`` twice in a fresh process:
 
 * cold: every image decoded, resized into the frame and written -> images/s (converted images
   over the converter's run time: the image step is the bottleneck, records are built while the
@@ -183,7 +183,7 @@ def make_mimic_tree(root: str | Path, studies: int, seed: int = 0, bad_every: in
 
 
 def run_converter(root: Path, out: Path, workers: int) -> tuple[dict, float]:
-    cmd = [sys.executable, "-m", "data_prep.mimic_cxr", "--root", str(root), "--out", str(out)]
+    cmd = [sys.executable, "-m", "data_prep.converters.mimic_cxr", "--root", str(root), "--out", str(out)]
     cmd += ["--workers", str(workers), "--no-progress"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent)

@@ -6,10 +6,10 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from data_prep.schema import RecordError, validate_record
+from data_prep.schema import RecordError, record_images, validate_record
 
 RECORDS = "records.jsonl"
 
@@ -42,16 +42,22 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     return len(lines)
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object); a broken line raises naming the file and line."""
+def iter_jsonl(path: str | Path, broken: list | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object). A line that is not valid JSON (e.g. a writer killed mid-line)
+    raises naming the file and line, or, given a ``broken`` list, is appended to it as
+    (line number, reason) and skipped."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                if broken is None:
+                    raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                broken.append((lineno, f"not valid JSON ({e.msg})"))
+                continue
+            yield lineno, obj
 
 
 def read_records(path: str | Path, split: str | None = None, validate: bool = True) -> list[dict]:
@@ -78,6 +84,17 @@ def resolve_image(dataset_dir: str | Path, image: str) -> Path:
     """Absolute path of a record's image (relative paths are relative to the dataset folder)."""
     p = Path(image)
     return p if p.is_absolute() else Path(dataset_dir) / p
+
+
+def image_paths(dataset_dir: str | Path, rec: dict) -> list[Path]:
+    """Every image of a record, resolved (one for a single-image record)."""
+    return [resolve_image(dataset_dir, i) for i in record_images(rec)]
+
+
+def map_images(rec: dict, fn: Callable[[str], str]) -> dict:
+    """A copy of ``rec`` with ``fn`` applied to each image path (a str stays a str, a list a list)."""
+    image = rec["image"]
+    return {**rec, "image": fn(image) if isinstance(image, str) else [fn(i) for i in image]}
 
 
 class Ledger:

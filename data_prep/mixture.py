@@ -58,9 +58,9 @@ from pathlib import Path
 import yaml
 
 from data_prep.frame import read_frame, write_frame
-from data_prep.io import atomic_write_text, read_records, resolve_image, write_jsonl
+from data_prep.io import atomic_write_text, map_images, read_records, resolve_image, write_jsonl
 from data_prep.labels import stable_hash
-from data_prep.schema import REQUIRED, TASKS, RecordError, validate_record
+from data_prep.schema import REQUIRED, TASKS, RecordError, image_key, validate_record
 
 STAGES = ("sft", "coldstart", "rl", "test")
 COLUMNS = (*REQUIRED, "reasoning", "meta")
@@ -164,7 +164,7 @@ def _select(records: list[dict], sel: dict, stage: str, seed: int) -> tuple[list
 def _image_key(rec: dict, source_dir: Path) -> str:
     meta = rec.get("meta") or {}
     ident = meta.get("dicom_id") or meta.get("image_id")
-    return f"id:{ident}" if ident else f"file:{resolve_image(source_dir, rec['image']).resolve()}"
+    return f"id:{ident}" if ident else f"file:{resolve_image(source_dir, image_key(rec)).resolve()}"
 
 
 def patient_key(rec: dict) -> str:
@@ -236,7 +236,7 @@ def build(cfg: dict) -> tuple[dict[str, list[dict]], dict]:
                     removed["duplicate"] += 1
                     continue
                 seen.update(keys)
-                out.append({**rec, "image": str(resolve_image(folder, rec["image"]).resolve())})
+                out.append(map_images(rec, lambda i, f=folder: str(resolve_image(f, i).resolve())))
         random.Random(stable_hash(f"{base_seed}/{stage}/order")).shuffle(out)
         stages[stage] = out
         summary["stages"][stage] = {
@@ -260,7 +260,8 @@ def _counts(recs: list[dict]) -> dict:
 
 def to_row(rec: dict, out_dir: Path) -> dict:
     row = {k: rec.get(k) for k in COLUMNS}
-    row["image"] = os.path.relpath(rec["image"], out_dir.resolve())
+    rel = map_images(rec, lambda i: os.path.relpath(i, out_dir.resolve()))["image"]
+    row["image"] = rel if isinstance(rel, str) else json.dumps(rel)  # several views: a JSON list
     for k in JSON_COLUMNS:
         row[k] = json.dumps(rec.get(k), ensure_ascii=False, sort_keys=True)
     return row
@@ -271,8 +272,9 @@ def from_row(row: dict, root: str | Path) -> dict:
     rec = {k: row[k] for k in COLUMNS}
     for k in JSON_COLUMNS:
         rec[k] = json.loads(rec[k]) if isinstance(rec[k], str) else rec[k]
-    rec["image"] = os.path.normpath(resolve_image(Path(root).resolve(), rec["image"]))
-    return rec
+    if rec["image"].startswith("["):
+        rec["image"] = json.loads(rec["image"])
+    return map_images(rec, lambda i: os.path.normpath(resolve_image(Path(root).resolve(), i)))
 
 
 def _dataset_card(name: str | None, stages: dict[str, int]) -> str:
@@ -284,7 +286,8 @@ def _dataset_card(name: str | None, stages: dict[str, int]) -> str:
         "Made by `python -m data_prep.mixture`; one split per training stage. Columns are the record"
     )
     lines.append("schema of `data_prep/schema.py`; `boxes` and `meta` hold JSON text; `image` is relative to")
-    lines.append("this folder. `data_prep.mixture.load_mixture(path, stage)` returns decoded records.")
+    lines.append("this folder (a study with several images holds a JSON list of paths).")
+    lines.append("`data_prep.mixture.load_mixture(path, stage)` returns decoded records.")
     lines += ["", "| stage | records |", "|---|---|"] + [f"| {s} | {n} |" for s, n in stages.items()]
     return "\n".join(lines) + "\n"
 
@@ -320,7 +323,7 @@ def write(
                 folder = tmp / stage
                 write_jsonl(
                     folder / "records.jsonl",
-                    [{**r, "image": os.path.relpath(r["image"], (out / stage).resolve())} for r in recs],
+                    [map_images(r, lambda i, s=stage: os.path.relpath(i, (out / s).resolve())) for r in recs],
                 )
                 write_frame(folder, summary["frame"]["min_pixels"], summary["frame"]["max_pixels"])
         if summary["frame"]:

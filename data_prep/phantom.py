@@ -130,7 +130,7 @@ class Study:
     findings: list[Finding]
     noise_seed: int
     text_seed: int
-    image: str = ""
+    image: str | list[str] = ""  # a list when the study has a second view
     boxes: list[list[int]] = field(default_factory=list)  # one per finding, filled by render
     anatomy: dict = field(default_factory=dict)
 
@@ -668,7 +668,7 @@ def study_records(study: Study, size: int, seed: int) -> list[dict]:
             "anatomy": study.anatomy,
             "question_type": question_type,
             "phantom_seed": seed,
-            "view": "PA",
+            "view": "PA" if isinstance(study.image, str) else "PA+PA",
         }
         if target is not None:
             meta["target"] = target
@@ -730,11 +730,19 @@ def check_size(size: int) -> None:
         raise ValueError(f"--size must be a multiple of {FACTOR} and at least 112, got {size}")
 
 
-def generate(n: int, out: str | Path, seed: int = 0, size: int = 224, progress: bool = True) -> dict:
-    """Write n phantom studies (images, records, frame, ledger) into ``out``; return the ledger dict."""
+def generate(
+    n: int, out: str | Path, seed: int = 0, size: int = 224, progress: bool = True, views: int = 1
+) -> dict:
+    """Write n phantom studies (images, records, frame, ledger) into ``out``; return the ledger dict.
+
+    ``views=2`` gives every study a second image, a repeat PA exposure (same patient and findings,
+    other noise), for multi-image pipelines: records then hold two images, the boxes on the first.
+    """
     check_size(size)
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
+    if views not in (1, 2):
+        raise ValueError(f"--views must be 1 or 2, got {views}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     ledger = Ledger("phantom")
@@ -742,6 +750,11 @@ def generate(n: int, out: str | Path, seed: int = 0, size: int = 224, progress: 
     for study in tqdm(plan_studies(n, seed), desc="phantom studies", unit="study", disable=not progress):
         img, study.boxes, study.anatomy = render(study.patient, study.findings, size, study.noise_seed)
         Image.fromarray(img, mode="L").save(out / study.image, format="PNG", compress_level=3)
+        if views == 2:
+            second = study.image.replace(".png", "-v2.png")
+            img2, _, _ = render(study.patient, study.findings, size, study.noise_seed + 1_000_003)
+            Image.fromarray(img2, mode="L").save(out / second, format="PNG", compress_level=3)
+            study.image = [study.image, second]
         ledger.read += 1
         for fields in study_records(study, size, seed):
             try:
@@ -783,12 +796,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="data/phantom", help="dataset folder (default data/phantom)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=224, help=f"image side in pixels, a multiple of {FACTOR}")
+    parser.add_argument(
+        "--views", type=int, default=1, choices=(1, 2), help="images per study (2: a repeat PA)"
+    )
     args = parser.parse_args(argv)
     try:
         check_size(args.size)
     except ValueError as e:
         parser.error(str(e))
-    generate(args.n, args.out, seed=args.seed, size=args.size)
+    generate(args.n, args.out, seed=args.seed, size=args.size, views=args.views)
 
 
 if __name__ == "__main__":

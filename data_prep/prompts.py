@@ -9,6 +9,8 @@ a blank line, then the instruction; no separate system prompt.
 
 from __future__ import annotations
 
+from data_prep.schema import IMAGE_TOKEN, record_images
+
 REASONING_INSTRUCTION = (
     "Think first, as an internal monologue inside <think> </think>. While reasoning, analyse local "
     "regions of the image and cite each one as a box [x_min, y_min, x_max, y_max] in image pixels. "
@@ -23,14 +25,31 @@ def question_text(record: dict, reasoning: bool) -> str:
     return f"{q}\n\n{REASONING_INSTRUCTION}" if reasoning else q
 
 
+def user_content(text: str, n_images: int) -> list[dict]:
+    """Content items of a user turn: each ``<image>`` placeholder becomes an image item at its place;
+    without placeholders the images come first (the Qwen-VL and TRL convention)."""
+    if IMAGE_TOKEN not in text:
+        return [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]
+    parts = text.split(IMAGE_TOKEN)
+    if len(parts) - 1 != n_images:
+        raise ValueError(f"{len(parts) - 1} {IMAGE_TOKEN} placeholder(s) for {n_images} image(s)")
+    items: list[dict] = []
+    for i, part in enumerate(parts):
+        if i:
+            items.append({"type": "image"})
+        if part.strip():
+            items.append({"type": "text", "text": part.strip() if i == len(parts) - 1 else part.lstrip()})
+    return items
+
+
+def has_placeholders(record: dict) -> bool:
+    return IMAGE_TOKEN in record["question"]
+
+
 def build_prompt(record: dict, reasoning: bool) -> list[dict]:
-    """The user turn: the image, then the question (plus the reasoning instruction)."""
-    return [
-        {
-            "role": "user",
-            "content": [{"type": "image"}, {"type": "text", "text": question_text(record, reasoning)}],
-        }
-    ]
+    """The user turn: the image(s), then the question (plus the reasoning instruction)."""
+    n = len(record_images(record))
+    return [{"role": "user", "content": user_content(question_text(record, reasoning), n)}]
 
 
 def answer_text(answer: str) -> str:

@@ -8,16 +8,23 @@ A record is a plain dict (one JSON object per line in ``records.jsonl``):
     question    str   the instruction / question shown to the model
     answer      str   the final answer; list answers are joined with " | "
     boxes       list  [{"label": str, "box": [x_min, y_min, x_max, y_max]}, ...] in the
-                      pixel frame of the stored image (the model frame); may be empty
-    image       str   path of the image, already resized into the model frame; relative
-                      paths are relative to the dataset folder
-    width       int   stored image width  (model frame)
-    height      int   stored image height (model frame)
+                      pixel frame of the FIRST stored image (the model frame); may be empty.
+                      With several images, boxes and the reasoning's cited boxes lie on the first.
+    image       str | list[str]   path of the image, already resized into the model frame;
+                      relative paths are relative to the dataset folder. A study with several
+                      views (frontal + lateral, prior + current) holds a list, every image in the
+                      same frame rule (min/max pixels), each with its own size.
+    width       int   first image's width  (model frame)
+    height      int   first image's height (model frame)
     patient_id  str
     study_id    str
     split       str   one of SPLITS
     reasoning   str | None   grounded reasoning (cold-start data), without the answer
     meta        dict | None  free-form extras (question type, view, original size, ...)
+
+The question may place the images with ``<image>`` placeholders (one per image, as EasyR1 and
+LLaVA-style datasets do); without them the images come first. Prompts turn placeholders into
+image items at their place (data_prep.prompts.user_content); they never reach the model as text.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any
 TASKS = ("report_findings", "report_impression", "vqa", "classification", "grounding")
 SPLITS = ("train", "validation", "test")
 LIST_SEP = " | "
+IMAGE_TOKEN = "<image>"
 
 REQUIRED = {
     "id": str,
@@ -36,7 +44,7 @@ REQUIRED = {
     "question": str,
     "answer": str,
     "boxes": list,
-    "image": str,
+    "image": (str, list),
     "width": int,
     "height": int,
     "patient_id": str,
@@ -63,6 +71,17 @@ def is_credentialed(source: str) -> bool:
     """True for MIMIC-CXR and derivatives, VinDr-CXR, MS-CXR, Chest ImaGenome."""
     s = source.lower()
     return any(s == c or s.startswith(c + "/") or s.startswith(c + ":") for c in CREDENTIALED_SOURCES)
+
+
+def record_images(rec: dict) -> list[str]:
+    """The record's image paths, in order (one for a single-image record)."""
+    image = rec["image"]
+    return [image] if isinstance(image, str) else list(image)
+
+
+def image_key(rec: dict) -> str:
+    """The image a record's boxes lie on (its first): groups the records of one image."""
+    return record_images(rec)[0]
 
 
 def box_problem(box: Any, width: int, height: int) -> str | None:
@@ -93,7 +112,8 @@ def validate_record(rec: Any) -> dict:
     for key, typ in REQUIRED.items():
         val = rec[key]
         if typ is int and isinstance(val, bool) or not isinstance(val, typ):
-            raise RecordError(f"field '{key}' must be {typ.__name__}, got {type(val).__name__}")
+            name = " or ".join(t.__name__ for t in typ) if isinstance(typ, tuple) else typ.__name__
+            raise RecordError(f"field '{key}' must be {name}, got {type(val).__name__}")
     for key, typs in OPTIONAL.items():
         if key in rec and not isinstance(rec[key], typs):
             raise RecordError(f"field '{key}' must be {typs[0].__name__} or null")
@@ -110,8 +130,15 @@ def validate_record(rec: Any) -> dict:
         raise RecordError("field 'answer' is empty")
     if not rec["question"].strip():
         raise RecordError("field 'question' is empty")
-    if not rec["image"]:
-        raise RecordError("field 'image' is empty")
+    images = record_images(rec)
+    if not images or not all(isinstance(i, str) and i for i in images):
+        raise RecordError(f"field 'image' must be a path or a non-empty list of paths, got {rec['image']!r}")
+    placeholders = rec["question"].count(IMAGE_TOKEN)
+    if placeholders not in (0, len(images)):
+        raise RecordError(
+            f"the question has {placeholders} {IMAGE_TOKEN} placeholder(s) for {len(images)} image(s): "
+            "use one per image, or none (the images then come first)"
+        )
     if rec["width"] <= 0 or rec["height"] <= 0:
         raise RecordError(f"width/height must be positive, got {rec['width']}x{rec['height']}")
     for i, b in enumerate(rec["boxes"]):

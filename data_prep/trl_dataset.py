@@ -12,9 +12,16 @@ from pathlib import Path
 
 from datasets import Dataset, Image, Sequence
 
-from data_prep.io import RECORDS, iter_jsonl, resolve_image
-from data_prep.prompts import answer_text, question_text, reasoning_text
-from data_prep.schema import RecordError, is_credentialed, validate_record
+from data_prep.io import RECORDS, image_paths, iter_jsonl
+from data_prep.prompts import answer_text, question_text, reasoning_text, user_content
+from data_prep.schema import (
+    IMAGE_TOKEN,
+    RecordError,
+    image_key,
+    is_credentialed,
+    record_images,
+    validate_record,
+)
 
 
 class BadRowsError(SystemExit):
@@ -29,9 +36,15 @@ def load_checked_records(
     max_samples: int | None = None,
     skip_bad_rows: bool = False,
     quiet: bool = False,
+    max_images: int | None = None,
 ) -> list[dict]:
     """Records of one split that are safe to train on; bad rows raise (or are skipped, counted; ``quiet``
-    skips without saying so, for a second read whose bad rows the first already reported)."""
+    skips without saying so, for a second read whose bad rows the first already reported).
+
+    A line that is not valid JSON (a writer killed mid-line) is a bad row too; its split is unknown,
+    so it counts in every split's read. ``max_images``: a recipe that takes fewer images per record
+    refuses records with more (a bad row naming the count), never drops their extra images.
+    """
     dataset_dir = Path(dataset_dir)
     file = dataset_dir / RECORDS
     if not file.exists():
@@ -39,8 +52,11 @@ def load_checked_records(
             f"{file} not found: `dataset_path` must be a dataset folder holding {RECORDS} "
             "(make one with `python -m data_prep.phantom --out DIR` or a data_prep converter)."
         )
-    good, bad = [], []
-    for lineno, rec in iter_jsonl(file):
+    good, bad, broken = [], [], []
+    for lineno, rec in iter_jsonl(file, broken=broken):
+        if not isinstance(rec, dict):
+            bad.append((f"{file}:{lineno}", f"not a JSON object: got {type(rec).__name__}"))
+            continue
         if rec.get("split") != split or (tasks and rec.get("task") not in tasks):
             continue
         where = f"{file}:{lineno} (id={rec.get('id')!r})"
@@ -49,8 +65,13 @@ def load_checked_records(
         except RecordError as e:
             bad.append((where, str(e)))
             continue
-        if not resolve_image(dataset_dir, rec["image"]).exists():
-            bad.append((where, f"image file not found: {resolve_image(dataset_dir, rec['image'])}"))
+        missing = [p for p in image_paths(dataset_dir, rec) if not p.exists()]
+        if missing:
+            bad.append((where, f"image file not found: {missing[0]}"))
+            continue
+        n_images = len(record_images(rec))
+        if max_images is not None and n_images > max_images:
+            bad.append((where, f"too many images: {n_images} (this recipe takes at most {max_images})"))
             continue
         if need_reasoning and not (rec.get("reasoning") or "").strip():
             bad.append((where, "no reasoning (the cold-start stage needs the `reasoning` field)"))
@@ -58,8 +79,9 @@ def load_checked_records(
         good.append(rec)
         if max_samples and len(good) >= max_samples:
             break
+    bad = [(f"{file}:{lineno}", reason) for lineno, reason in broken] + bad
     if bad:
-        reasons = Counter(reason.split(":")[0] for _, reason in bad)
+        reasons = Counter(reason.split(":")[0].split(" (")[0] for _, reason in bad)
         listing = "\n".join(f"  {w}: {r}" for w, r in bad[:10])
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
         if not skip_bad_rows:
@@ -80,9 +102,30 @@ def _image_column(dataset: Dataset) -> Dataset:
 
 
 def trl_prompt(record: dict, reasoning: bool) -> list[dict]:
-    """The prompt as TRL stores it: string content; TRL puts the image placeholder before the text,
-    which renders exactly like data_prep.prompts.build_prompt (a test checks it)."""
-    return [{"role": "user", "content": question_text(record, reasoning)}]
+    """The prompt as TRL stores it: string content, TRL putting the image placeholders before the text,
+    which renders exactly like data_prep.prompts.build_prompt (a test checks it). A question with
+    ``<image>`` placeholders gets content items instead, the images at their places."""
+    text = question_text(record, reasoning)
+    if IMAGE_TOKEN in text:
+        return [{"role": "user", "content": user_content(text, len(record_images(record)))}]
+    return [{"role": "user", "content": text}]
+
+
+def _rows_dataset(rows: list[dict]) -> Dataset:
+    """Arrow holds one type per column: once a prompt has content items, every row gets them."""
+    if any(isinstance(r["prompt"][0]["content"], list) for r in rows):
+        for r in rows:
+            content = r["prompt"][0]["content"]
+            if isinstance(content, str):
+                content = user_content(content, len(r["images"]))
+            r["prompt"] = [
+                {"role": "user", "content": [{"type": c["type"], "text": c.get("text")} for c in content]}
+            ]
+    return _image_column(Dataset.from_list(rows))
+
+
+def images_column(record: dict, dataset_dir: str | Path) -> list[str]:
+    return [str(p) for p in image_paths(dataset_dir, record)]
 
 
 def sft_dataset(records: list[dict], dataset_dir: str | Path, reasoning: bool) -> Dataset:
@@ -94,18 +137,19 @@ def sft_dataset(records: list[dict], dataset_dir: str | Path, reasoning: bool) -
             {
                 "prompt": trl_prompt(rec, reasoning),
                 "completion": [{"role": "assistant", "content": text}],
-                "images": [str(resolve_image(dataset_dir, rec["image"]))],
+                "images": images_column(rec, dataset_dir),
             }
         )
-    return _image_column(Dataset.from_list(rows))
+    return _rows_dataset(rows)
 
 
 def image_boxes(records: list[dict]) -> dict[str, list[dict]]:
     """Every box annotated on each image, across all its records (the asked finding's record holds only
-    that finding's box; the image shows them all). De-duplicated by (label, box), in first-seen order."""
+    that finding's box; the image shows them all). De-duplicated by (label, box), in first-seen order.
+    Keyed by ``schema.image_key`` (a multi-image record's boxes lie on its first image)."""
     out: dict[str, list[dict]] = {}
     for rec in records:
-        boxes = out.setdefault(rec["image"], [])
+        boxes = out.setdefault(image_key(rec), [])
         for b in rec.get("boxes") or ():
             item = {"label": b["label"], "box": [float(v) for v in b["box"]]}
             if item not in boxes:
@@ -128,10 +172,10 @@ def grpo_dataset(records: list[dict], dataset_dir: str | Path, boxes_of_image: d
         rows.append(
             {
                 "prompt": trl_prompt(rec, reasoning=True),
-                "images": [str(resolve_image(dataset_dir, rec["image"]))],
+                "images": images_column(rec, dataset_dir),
                 "solution": rec["answer"],
                 "boxes": [{"label": b["label"], "box": [float(v) for v in b["box"]]} for b in rec["boxes"]],
-                "image_boxes": boxes_of_image.get(rec["image"], []),
+                "image_boxes": boxes_of_image.get(image_key(rec), []),
                 "width": rec["width"],
                 "height": rec["height"],
                 "task": rec["task"],
@@ -139,7 +183,7 @@ def grpo_dataset(records: list[dict], dataset_dir: str | Path, boxes_of_image: d
                 "credentialed": is_credentialed(rec["source"]),
             }
         )
-    return _image_column(Dataset.from_list(rows))
+    return _rows_dataset(rows)
 
 
 __all__ = ["load_checked_records", "sft_dataset", "grpo_dataset", "image_boxes", "trl_prompt"]

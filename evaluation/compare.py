@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from data_prep.io import atomic_write_text
+from evaluation.runs import load_results, parse_runs  # noqa: F401  (parse_runs: re-exported)
 from evaluation.scoring import HEADLINE, HEADLINE_LABELS
 
 # DeepMedix-R1 on xraybench, read from the paper's figure (paper-notes.md). Same metric names as
@@ -36,25 +37,6 @@ PAPER_REFERENCE = {
 }
 PAPER_COLUMN = "DeepMedix-R1 (paper)"
 NOT_RANKED = {"reasoning/boxes_per_answer"}  # more is not better
-
-
-def parse_runs(items: list[str]) -> dict[str, str]:
-    runs = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--runs takes NAME=FOLDER items, got '{item}'")
-        name, folder = item.split("=", 1)
-        if not name or name in runs:
-            raise SystemExit(f"--runs: empty or repeated run name in '{item}'")
-        runs[name] = folder
-    return runs
-
-
-def load_results(folder: str | Path) -> dict:
-    path = Path(folder) / "results.json"
-    if not path.exists():
-        raise SystemExit(f"{path} not found: run `python -m evaluation.run ... --out {folder}` first")
-    return json.loads(path.read_text())
 
 
 def _cell(entry: dict | None, bold: bool = False) -> str:

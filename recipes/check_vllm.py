@@ -335,9 +335,15 @@ def main(argv=None) -> int:
     from recipes.common import load_processor
     from recipes.vision_tokens import vision_token_ids, vision_tokens
 
-    records = [r for r in read_records(args.data, split=args.split) if r.get("image")][: args.n]
+    split_records = read_records(args.data, split=args.split)
+    # one prompt shape per check: single-image records (a multi-view study is left out, and counted)
+    records = [r for r in split_records if isinstance(r["image"], str)][: args.n]
+    if len(records) < min(args.n, len(split_records)):
+        print(
+            f"note: {sum(not isinstance(r['image'], str) for r in split_records)} multi-image records left out"
+        )
     if not records:
-        print(f"no records with an image in split '{args.split}' of {args.data}", file=sys.stderr)
+        print(f"no single-image records in split '{args.split}' of {args.data}", file=sys.stderr)
         return EXIT_DISAGREE
     processor = load_processor(args.model, args.data, args.min_pixels, args.max_pixels)
     image_token_id = processor.image_token_id

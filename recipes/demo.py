@@ -167,7 +167,7 @@ def main() -> None:
             coldstart_data / "records.jsonl",
             py
             + [
-                "data_prep.coldstart",
+                "data_prep.synthesis.coldstart",
                 "--teacher",
                 "offline",
                 "--offline-style",

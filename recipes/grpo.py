@@ -18,8 +18,10 @@ recipes/vision_tokens.py keeps vision special tokens out of every completion.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from accelerate import PartialState
+from PIL import Image
 from trl import (
     GRPOConfig,
     GRPOTrainer,
@@ -30,7 +32,9 @@ from trl import (
 )
 
 from data_prep.frame import FACTOR
-from data_prep.trl_dataset import grpo_dataset, image_boxes, load_checked_records, trl_prompt
+from data_prep.io import image_paths
+from data_prep.prompts import build_prompt
+from data_prep.trl_dataset import grpo_dataset, image_boxes, load_checked_records
 from recipes import vision_tokens, vllm_cpu, vllm_guard
 from recipes.common import end_distributed, last_checkpoint, load_processor, save_final
 from rewards import REWARD_SETS, get_reward_funcs
@@ -86,27 +90,24 @@ def resolve_rewards(script_args: GRPOScriptArguments, training_args: GRPOConfig)
     return get_reward_funcs(names)
 
 
-def prompt_tokens(record: dict, processor) -> int:
-    """Prompt length as the model sees it: chat-template text tokens + the image's merged patches."""
+def prompt_tokens(record: dict, processor, dataset_dir: str | Path = ".") -> int:
+    """Prompt length as the model sees it: chat-template text tokens + every image's merged patches."""
     text = processor.apply_chat_template(
-        [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image"},
-                    {"type": "text", "text": trl_prompt(record, True)[0]["content"]},
-                ],
-            }
-        ],
-        tokenize=False,
-        add_generation_prompt=True,
+        build_prompt(record, True), tokenize=False, add_generation_prompt=True
     )
-    image_tokens = (record["width"] // FACTOR) * (record["height"] // FACTOR)
-    return len(processor.tokenizer(text)["input_ids"]) - 1 + image_tokens
+    sizes = [(record["width"], record["height"])]
+    for path in image_paths(dataset_dir, record)[1:]:  # further views have their own size
+        with Image.open(path) as im:
+            sizes.append(im.size)
+    image_tokens = sum((w // FACTOR) * (h // FACTOR) for w, h in sizes)
+    # each image placeholder renders as one token in the text; the model sees its patches instead
+    return len(processor.tokenizer(text)["input_ids"]) - len(sizes) + image_tokens
 
 
-def filter_long_prompts(records: list[dict], processor, budget: int) -> list[dict]:
-    kept = [r for r in records if prompt_tokens(r, processor) <= budget]
+def filter_long_prompts(
+    records: list[dict], processor, budget: int, dataset_dir: str | Path = "."
+) -> list[dict]:
+    kept = [r for r in records if prompt_tokens(r, processor, dataset_dir) <= budget]
     if len(kept) < len(records):
         print(f"dropped {len(records) - len(kept)} of {len(records)} prompts longer than {budget} tokens")
     if not kept:
@@ -173,7 +174,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig, m
         max_samples=script_args.max_train_samples,
         skip_bad_rows=script_args.skip_bad_rows,
     )
-    records = filter_long_prompts(records, processor, script_args.max_prompt_tokens)
+    records = filter_long_prompts(records, processor, script_args.max_prompt_tokens, script_args.dataset_path)
     # The grounding reward checks cited boxes against every finding annotated on the image, from all
     # of the split's records (a question's record holds only the asked finding's box).
     all_records = load_checked_records(

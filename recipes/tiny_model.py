@@ -102,9 +102,9 @@ CORPUS = [
 def phantom_corpus(n_studies: int = 150) -> list[str]:
     """Questions, answers and grounded reasoning of a few phantom studies: the demo's vocabulary,
     so that prompts and reports tokenise into few tokens (short sequences = fast CPU steps)."""
-    from data_prep.offline_teacher import STYLES, offline_completion
     from data_prep.phantom import plan_studies, render, study_records
     from data_prep.prompts import question_text
+    from data_prep.synthesis.offline_teacher import STYLES, offline_completion
 
     texts = []
     for study in plan_studies(n_studies, seed=12345):

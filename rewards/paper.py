@@ -160,3 +160,31 @@ def paper_coordinate(completions, **kwargs) -> list[float]:
     texts = texts_of(completions)
     log_completion_stats(texts, kwargs)
     return [coordinate_score(normalize_paper(t)) for t in texts]
+
+
+# ---------------------------------------------------------------------------------------------
+# EasyR1's batch reward signature (the framework the paper trained with)
+# ---------------------------------------------------------------------------------------------
+
+
+def compute_score(reward_inputs: list[dict], format_weight: float = FORMAT_WEIGHT) -> list[dict[str, float]]:
+    """The released reward as an EasyR1 batch reward function.
+
+    ``worker.reward.reward_type=batch worker.reward.reward_function=rewards/paper.py:compute_score``
+    (with this repository on PYTHONPATH). Each input is EasyR1's ``{"response", "response_length",
+    "ground_truth"}``; each output the released ``{"overall", "format", "accuracy", "coordinate"}``.
+    """
+    if not isinstance(reward_inputs, list):
+        raise ValueError("compute_score takes a list of reward inputs: use worker.reward.reward_type=batch")
+    out = []
+    for item in reward_inputs:
+        s = score(item["response"], str(item["ground_truth"]), format_weight)
+        out.append(
+            {
+                "overall": s["overall"],
+                "format": s["format"],
+                "accuracy": s["answer"],
+                "coordinate": s["coordinate"],
+            }
+        )
+    return out

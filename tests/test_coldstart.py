@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_prep import coldstart
 from data_prep.frame import write_frame
 from data_prep.io import read_records, resolve_image, write_jsonl
 from data_prep.schema import make_record
-from data_prep.teacher import backoff_delay, is_local_url, retry_after_seconds
+from data_prep.synthesis import coldstart
+from data_prep.synthesis.teacher import backoff_delay, is_local_url, retry_after_seconds
 from rewards.parsing import format_box
 from tests.openai_stub_server import Stall, Status, StubServer
 
@@ -291,7 +291,7 @@ def test_a_killed_run_resumes_without_duplicates_or_losses(tmp_path):
         return reply(case_of(req)) if answered["n"] <= 5 else Stall(60)
 
     with StubServer(stalling) as stub:
-        cmd = [sys.executable, "-m", "data_prep.coldstart", "--data", str(data), "--out", str(out)]
+        cmd = [sys.executable, "-m", "data_prep.synthesis.coldstart", "--data", str(data), "--out", str(out)]
         cmd += [
             "--teacher",
             "openai",

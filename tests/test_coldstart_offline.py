@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from data_prep import coldstart, phantom
+from data_prep import phantom
 from data_prep.io import read_records
-from data_prep.offline_teacher import offline_completion, offline_reasoning
+from data_prep.synthesis import coldstart
+from data_prep.synthesis.offline_teacher import offline_completion, offline_reasoning
 from rewards.parsing import find_boxes
 
 

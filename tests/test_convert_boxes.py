@@ -16,8 +16,8 @@ import pydicom.data
 import pytest
 from PIL import Image
 
-from data_prep import ms_cxr, nih_cxr14, rsna_pneumonia, vindr_cxr
-from data_prep.convert import main
+from data_prep.converters import ms_cxr, nih_cxr14, rsna_pneumonia, vindr_cxr
+from data_prep.converters.common import main
 from data_prep.frame import scale_box, smart_resize
 from data_prep.io import read_records
 from rewards.parsing import format_box
@@ -259,7 +259,7 @@ def test_ms_cxr(tmp_path):
 
 
 def test_bracketed_headers_and_required_columns(tmp_path):
-    from data_prep.tables import fix_headers, norm_split, read_csv
+    from data_prep.converters.tables import fix_headers, norm_split, read_csv
 
     raw = "Image Index,Finding Labels,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]".split(",")
     assert fix_headers(raw) == [

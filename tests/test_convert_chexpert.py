@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_prep import chexpert, chexpert_plus
-from data_prep.convert import main
+from data_prep.converters import chexpert, chexpert_plus
+from data_prep.converters.common import main
 from data_prep.io import read_records
 
 # the files torchxrayvision ships, located without importing it (importing it loads torch)

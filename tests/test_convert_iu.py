@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from data_prep import iu_xray
-from data_prep.convert import main
+from data_prep.converters import iu_xray
+from data_prep.converters.common import main
 from data_prep.io import read_records
 
 TGZ = Path(importlib.util.find_spec("torchxrayvision").origin).parent / "data" / "NLMCXR_reports.tgz"

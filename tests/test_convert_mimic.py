@@ -8,13 +8,13 @@ import json
 
 import pytest
 
-from data_prep import mimic_cxr
 from data_prep.bench import JPEG_SIZES, REPORT_VARIANTS, make_mimic_tree
-from data_prep.convert import main
+from data_prep.converters import mimic_cxr
+from data_prep.converters.common import main
+from data_prep.converters.reports import findings_impression, normalize_section_name
 from data_prep.frame import read_frame, smart_resize
 from data_prep.io import read_records
 from data_prep.labels import CHEXPERT_LABELS
-from data_prep.reports import findings_impression, normalize_section_name
 
 HEAD = "                                 FINAL REPORT\n"
 
@@ -178,3 +178,31 @@ def test_uncertain_policy_and_split_names(tmp_path):
     )
     assert led.rejected.get("missing image", 0) == 0
     assert "validate" not in {r["split"] for r in recs}
+
+
+def test_frontal_plus_lateral_views(converted):
+    tmp, _, _ = converted
+    out = tmp / "views"
+    ledger = main(
+        mimic_cxr,
+        ["--root", str(tmp / "root"), "--out", str(out), "--workers", "1", "--no-progress", "--views",
+         "frontal+lateral"],
+    )  # fmt: skip
+    recs = read_records(out)
+    frontal = {r["id"]: r for r in read_records(tmp / "out")}
+    assert {r["id"] for r in recs} == set(
+        frontal
+    )  # the same records, now with the lateral where there is one
+    two = [r for r in recs if isinstance(r["image"], list)]
+    one = [r for r in recs if isinstance(r["image"], str)]
+    assert two and one
+    assert all(r["meta"]["view"].endswith("+LATERAL") and len(r["image"]) == 2 for r in two)
+    assert all((out / i).exists() for r in two for i in r["image"])
+    for r in two:  # the frontal stays first (width/height and boxes are its), as in the frontal-only run
+        assert r["image"][0] == frontal[r["id"]]["image"]
+        assert (r["width"], r["height"]) == (frontal[r["id"]]["width"], frontal[r["id"]]["height"])
+    studies_two = {r["study_id"] for r in two}
+    studies_one = {r["study_id"] for r in one}
+    assert not studies_two & studies_one
+    # make_mimic_tree gives every fourth study a lateral; the others are counted (rejected ones included)
+    assert ledger.extra["studies_without_lateral"] == sum(i % 4 != 0 for i in range(48))

@@ -7,8 +7,8 @@ import json
 
 from PIL import Image
 
-from data_prep import medical_diff_vqa, mimic_cxr_vqa
-from data_prep.convert import main
+from data_prep.converters import medical_diff_vqa, mimic_cxr_vqa
+from data_prep.converters.common import main
 from data_prep.io import read_records
 
 ARGS = ["--workers", "1", "--no-progress"]

@@ -115,7 +115,10 @@ def test_xraybench_jsonl(bench, tmp_path):
     assert recs["q1"]["meta"]["question_type"] == "presence" and recs["q1"]["patient_id"] == "10000032"
     assert recs["q2"]["patient_id"] == "q2"  # no patient column: the row id
     assert recs["q4"]["answer"] == "edema | effusion"
-    assert recs["q3"]["meta"]["n_images"] == 2
+    # a two-image row keeps both images, in order, each converted into the frame; boxes lie on the first
+    assert recs["q3"]["image"] == ["images/q3.png", "images/q3-2.png"]
+    assert [list(Image.open(out / i).size) for i in recs["q3"]["image"]] == recs["q3"]["meta"]["image_sizes"]
+    assert (recs["q3"]["width"], recs["q3"]["height"]) == tuple(recs["q3"]["meta"]["image_sizes"][0])
     assert all(r["split"] == "test" for r in recs.values())
     # images converted into the paper frame (max 512 x 512) once, sizes recorded
     h, w = smart_resize(500, 600, 3136, 262144)

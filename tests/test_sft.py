@@ -43,7 +43,15 @@ def test_sft_loss_goes_down_and_saves_a_loadable_model(tiny_dir, phantom_dir, tm
 def test_cold_start_trains_on_reasoning_and_refuses_rows_without_it(tiny_dir, phantom_dir, tmp_path):
     data = tmp_path / "cs"
     run_module(
-        "data_prep.coldstart", "--teacher", "offline", "--data", phantom_dir, "--out", data, "--limit", "40"
+        "data_prep.synthesis.coldstart",
+        "--teacher",
+        "offline",
+        "--data",
+        phantom_dir,
+        "--out",
+        data,
+        "--limit",
+        "40",
     )
     proc = run_module(
         "recipes.sft", *sft_args(tiny_dir, data, tmp_path / "out", "--reasoning", "true", "--max_steps", "2")

@@ -13,6 +13,7 @@ RECORD = {
     "id": "x",
     "question": "Is there a nodule?",
     "answer": "no",
+    "image": "images/x.png",
     "reasoning": "The lungs [1, 2, 30, 40] are clear.",
 }
 

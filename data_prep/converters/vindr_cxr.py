@@ -1,7 +1,7 @@
 """VinDr-CXR (DICOM + per-reader box annotations) -> grounding, classification, presence VQA.
 
 Usage:
-    python -m data_prep.vindr_cxr --root physionet.org/files/vindr-cxr/1.0.0 --out data/vindr-cxr
+    python -m data_prep.converters.vindr_cxr --root physionet.org/files/vindr-cxr/1.0.0 --out data/vindr-cxr
 
 Reads the PhysioNet release (annotations/annotations_{train,test}.csv: image_id, rad_id,
 class_name, x_min, y_min, x_max, y_max; images {train,test}/<image_id>.dicom) or, when that
@@ -20,7 +20,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from data_prep.convert import Unit, image_dst, main
+from data_prep.converters.common import Unit, image_dst, main
+from data_prep.converters.tables import find_file, read_csv, to_float
 from data_prep.labels import (
     base,
     classification_record,
@@ -30,7 +31,6 @@ from data_prep.labels import (
     stable_hash,
     to_frame,
 )
-from data_prep.tables import find_file, read_csv, to_float
 
 SOURCE = "vindr-cxr"
 LESIONS = (

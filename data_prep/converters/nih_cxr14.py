@@ -1,7 +1,7 @@
 """NIH ChestX-ray14 -> classification, presence VQA and (for the boxed subset) grounding records.
 
 Usage:
-    python -m data_prep.nih_cxr14 --root ChestX-ray14 --out data/nih-cxr14 [--val-fraction 0.1]
+    python -m data_prep.converters.nih_cxr14 --root ChestX-ray14 --out data/nih-cxr14 [--val-fraction 0.1]
 
 Reads Data_Entry_2017_v2020.csv (or Data_Entry_2017.csv; its bracketed headers are repaired,
 see tables.fix_headers), BBox_List_2017.csv (x, y, w, h in the 1024 x 1024 PNG frame;
@@ -17,7 +17,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from data_prep.convert import Unit, image_dst, main
+from data_prep.converters.common import Unit, image_dst, main
+from data_prep.converters.tables import find_file, read_csv, to_float
 from data_prep.labels import (
     base,
     classification_record,
@@ -29,7 +30,6 @@ from data_prep.labels import (
     to_frame,
     xywh_to_xyxy,
 )
-from data_prep.tables import find_file, read_csv, to_float
 
 SOURCE = "nih-cxr14"
 LABELS = (

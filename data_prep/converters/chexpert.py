@@ -1,7 +1,7 @@
 """CheXpert (train.csv / valid.csv) -> classification and presence-VQA records.
 
 Usage:
-    python -m data_prep.chexpert --root CheXpert-v1.0-small --out data/chexpert [--views frontal]
+    python -m data_prep.converters.chexpert --root CheXpert-v1.0-small --out data/chexpert [--views frontal]
 
 Reads train.csv and valid.csv (in --root, or in a CheXpert-v1.0* folder under it) and the
 images they name: Path = CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,
@@ -17,9 +17,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path, PurePosixPath
 
-from data_prep.convert import Unit, image_dst, main
+from data_prep.converters.common import Unit, image_dst, main
+from data_prep.converters.tables import find_file, read_csv
 from data_prep.labels import base, chexpert_codes, chexpert_records, count
-from data_prep.tables import find_file, read_csv
 
 SOURCE = "chexpert"
 CSVS = (("train.csv", "train"), ("valid.csv", "validation"))

@@ -47,6 +47,9 @@ class Unit:
     src: Path  # the original image file
     dst: str  # stored image, relative to OUT (e.g. "images/p10/p10000032/s5.../x.png")
     data: Any = field(default=None)
+    # further views of the study (src, dst), e.g. the lateral: converted too; the unit's records then
+    # hold [dst, *their dsts] as ``image`` (boxes stay on the first)
+    extra: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def image_dst(*parts: str) -> str:
@@ -139,17 +142,26 @@ def run(
     bar = tqdm(total=total, unit="img", desc=source, disable=not progress, mininterval=1.0)
     batch_size = max(64, 32 * workers)
 
-    def finish(batch: list[Unit], results) -> None:
-        for unit, res in zip(batch, results):
-            if isinstance(res, ImageError):
-                ledger.reject(res.reason, unit.where, str(res))
+    def finish(batch: list[Unit], flat) -> None:
+        k = 0
+        for unit in batch:
+            results = flat[k : k + 1 + len(unit.extra)]
+            k += len(results)
+            failed = next((r for r in results if isinstance(r, ImageError)), None)
+            if failed is not None:
+                ledger.reject(failed.reason, unit.where, str(failed))
                 continue
-            images["cached" if res.cached else "converted"] += 1
+            res = results[0]
+            for r in results:
+                images["cached" if r.cached else "converted"] += 1
             try:
                 recs = list(build(unit, res, ledger))
             except Exception as e:  # one odd input must not stop a day-long job
                 ledger.reject("converter error", unit.where, f"{type(e).__name__}: {e}")
                 continue
+            if unit.extra:
+                views = [unit.dst] + [dst for _, dst in unit.extra]
+                recs = [{**rec, "image": views} for rec in recs]
             for rec in recs:
                 try:
                     validate_record(rec)
@@ -166,7 +178,8 @@ def run(
             pending = None  # (units, handle): the batch the workers are converting
             while True:
                 batch = list(itertools.islice(it, batch_size))
-                handle = pool.submit([(u.src, out / u.dst) for u in batch]) if batch else None
+                jobs = [(src, out / dst) for u in batch for src, dst in [(u.src, u.dst), *u.extra]]
+                handle = pool.submit(jobs) if batch else None
                 if pending is not None:  # records of the previous batch while this one converts
                     t_img = time.perf_counter()
                     results = pool.collect(pending[1], progress=bar)

@@ -1,7 +1,7 @@
 """IU X-ray / OpenI (NLMCXR XML reports + PNG images) -> report_findings / report_impression.
 
 Usage:
-    python -m data_prep.iu_xray --root NLMCXR --out data/iu-xray [--images DIR] [--all-images]
+    python -m data_prep.converters.iu_xray --root NLMCXR --out data/iu-xray [--images DIR] [--all-images]
 
 Reads the reports from --root/ecgen-radiology/*.xml or straight from --root/NLMCXR_reports.tgz
 (AbstractText Label="FINDINGS" / "IMPRESSION"; de-identification "XXXX" kept as is) and the
@@ -20,9 +20,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_prep.convert import Unit, image_dst, main
+from data_prep.converters.common import Unit, image_dst, main
+from data_prep.converters.reports import clean
 from data_prep.labels import base, hash_split, report_records
-from data_prep.reports import clean
 
 SOURCE = "iu-xray"
 

@@ -1,7 +1,7 @@
 """MS-CXR (phrase grounding on MIMIC-CXR images) -> grounding records.
 
 Usage:
-    python -m data_prep.ms_cxr --root physionet.org/files/ms-cxr/1.1.0 \\
+    python -m data_prep.converters.ms_cxr --root physionet.org/files/ms-cxr/1.1.0 \\
         --mimic-root physionet.org/files/mimic-cxr-jpg/2.1.0 --out data/ms-cxr
 
 Reads MS_CXR_Local_Alignment_v1.1.0.csv (or v1.0.0): dicom_id, category_name, label_text,
@@ -19,9 +19,9 @@ import re
 import sys
 from pathlib import Path
 
-from data_prep.convert import Unit, image_dst, main
+from data_prep.converters.common import Unit, image_dst, main
+from data_prep.converters.tables import find_file, norm_split, read_csv, to_float
 from data_prep.labels import base, count, grounding_record, hash_split, to_frame, xywh_to_xyxy
-from data_prep.tables import find_file, norm_split, read_csv, to_float
 
 SOURCE = "ms-cxr"
 CSV_NAMES = ("MS_CXR_Local_Alignment_v1.1.0.csv", "MS_CXR_Local_Alignment_v1.0.0.csv")

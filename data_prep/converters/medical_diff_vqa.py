@@ -1,7 +1,7 @@
 """Medical-Diff-VQA (mimic_pair_questions.csv) -> VQA records on MIMIC-CXR-JPG images.
 
 Usage:
-    python -m data_prep.medical_diff_vqa --root physionet.org/files/medical-diff-vqa/1.0.0 \\
+    python -m data_prep.converters.medical_diff_vqa --root physionet.org/files/medical-diff-vqa/1.0.0 \\
         --mimic-root physionet.org/files/mimic-cxr-jpg/2.1.0 --out data/medical-diff-vqa
 
 Reads mimic_pair_questions.csv (study_id, subject_id, ref_id, question_type, question,
@@ -19,10 +19,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from data_prep.convert import Unit, image_dst, main
+from data_prep.converters.common import Unit, image_dst, main
+from data_prep.converters.mimic_cxr import image_path, read_studies, view_rank
+from data_prep.converters.tables import find_file, norm_split, read_csv
 from data_prep.labels import base, count, join_list, record
-from data_prep.mimic_cxr import image_path, read_studies, view_rank
-from data_prep.tables import find_file, norm_split, read_csv
 
 SOURCE = "medical-diff-vqa"
 LIST_TYPES = ("abnormality",)

@@ -1,7 +1,7 @@
 """CheXpert Plus (df_chexpert_plus_240401.csv) -> report_findings / report_impression records.
 
 Usage:
-    python -m data_prep.chexpert_plus --root chexpert_plus --out data/chexpert-plus [--images DIR]
+    python -m data_prep.converters.chexpert_plus --root chexpert_plus --out data/chexpert-plus [--images DIR]
 
 Reads df_chexpert_plus_*.csv (its section_findings / section_impression columns are the
 report sections) and, for each study, one frontal image (the first frontal row of the study;
@@ -17,10 +17,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path, PurePosixPath
 
-from data_prep.convert import Unit, image_dst, main
+from data_prep.converters.common import Unit, image_dst, main
+from data_prep.converters.reports import clean
+from data_prep.converters.tables import find_file, norm_split, read_csv
 from data_prep.labels import base, report_records
-from data_prep.reports import clean
-from data_prep.tables import find_file, norm_split, read_csv
 
 SOURCE = "chexpert-plus"
 CSV_NAMES = ("df_chexpert_plus_240401.csv", "df_chexpert_plus.csv")

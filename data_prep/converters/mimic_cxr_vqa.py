@@ -1,7 +1,7 @@
 """MIMIC-CXR-VQA (dataset/{train,valid,test}.json) -> VQA records on MIMIC-CXR-JPG images.
 
 Usage:
-    python -m data_prep.mimic_cxr_vqa --root mimiccxrvqa \\
+    python -m data_prep.converters.mimic_cxr_vqa --root mimiccxrvqa \\
         --mimic-root physionet.org/files/mimic-cxr-jpg/2.1.0 --out data/mimic-cxr-vqa
 
 Reads the answered release files train.json / valid.json / test.json (under --root,
@@ -19,10 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-from data_prep.convert import Unit, image_dst, main
+from data_prep.converters.common import Unit, image_dst, main
+from data_prep.converters.mimic_cxr import image_path
+from data_prep.converters.tables import norm_split
 from data_prep.labels import base, count, join_list, record
-from data_prep.mimic_cxr import image_path
-from data_prep.tables import norm_split
 
 SOURCE = "mimic-cxr-vqa"
 FILES = (("train.json", "train"), ("valid.json", "validation"), ("test.json", "test"))

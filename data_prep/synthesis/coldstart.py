@@ -3,7 +3,7 @@ r"""Cold-start data: a teacher writes grounded reasoning for records; filters ke
 For every selected record the teacher is shown the image, the question, the ground-truth
 answer (and ground-truth boxes where the record has them) and asked for the paper's format,
 ``<think> reasoning citing [x_min, y_min, x_max, y_max] boxes </think>. The answer is: \boxed{answer}``,
-with boxes in the record's model frame. Prompts: data_prep/templates/*.txt ($placeholders).
+with boxes in the record's model frame. Prompts: data_prep/synthesis/templates/*.txt ($placeholders).
 
 Filters, each counted in the ledger with its reason, use the grounded rewards' rules
 (rewards/grounded.py) so the kept targets earn full marks there: the format (one think block,
@@ -25,12 +25,12 @@ are never sent to an endpoint off this machine without --allow-remote-credential
 
 Usage:
     # no API: deterministic reasoning from the phantom data's known findings
-    python -m data_prep.coldstart --data data/phantom --out data/coldstart --teacher offline
+    python -m data_prep.synthesis.coldstart --data data/phantom --out data/coldstart --teacher offline
     # a local vLLM server (`vllm serve Qwen/Qwen2.5-VL-32B-Instruct`)
-    python -m data_prep.coldstart --data data/mix --out data/coldstart --teacher openai \
+    python -m data_prep.synthesis.coldstart --data data/mix --out data/coldstart --teacher openai \
         --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-VL-32B-Instruct
     # OpenAI (key from $OPENAI_API_KEY); --dry-run prints the request and sends nothing
-    python -m data_prep.coldstart --data data/mix --out data/coldstart --teacher openai \
+    python -m data_prep.synthesis.coldstart --data data/mix --out data/coldstart --teacher openai \
         --base-url https://api.openai.com/v1 --model gpt-4.1 --dry-run
 """
 
@@ -62,14 +62,21 @@ from data_prep.io import (
     RECORDS,
     Ledger,
     atomic_write_text,
+    image_paths,
     iter_jsonl,
+    map_images,
     read_records,
-    resolve_image,
     write_jsonl,
 )
-from data_prep.offline_teacher import STYLES, offline_completion
 from data_prep.schema import is_credentialed, validate_record
-from data_prep.teacher import ChatEndpoint, EndpointStop, RequestFailed, image_data_url, is_local_url
+from data_prep.synthesis.offline_teacher import STYLES, offline_completion
+from data_prep.synthesis.teacher import (
+    ChatEndpoint,
+    EndpointStop,
+    RequestFailed,
+    image_data_url,
+    is_local_url,
+)
 from rewards.boxes import INVALID, MIN_BOX_SIDE, box_status
 from rewards.grounded import answer_kind, answer_score, format_score, normalize_answer
 from rewards.parsing import BOX_RE, format_box, parse
@@ -134,7 +141,11 @@ def render(template: string.Template, values: dict) -> str:
         ) from None
 
 
-def teacher_messages(record: dict, image_url: str, templates: Templates, detail: str) -> list[dict]:
+def teacher_messages(
+    record: dict, image_url: str | list[str], templates: Templates, detail: str
+) -> list[dict]:
+    """The teacher's request; several images (a multi-view study) are sent in order, the boxes on the first."""
+    urls = [image_url] if isinstance(image_url, str) else list(image_url)
     gt = "\n".join(f"- {b['label']}: {format_box(b['box'])}" for b in record["boxes"])
     values = {
         "width": record["width"],
@@ -149,11 +160,17 @@ def teacher_messages(record: dict, image_url: str, templates: Templates, detail:
         {
             "role": "user",
             "content": [
-                {"type": "image_url", "image_url": {"url": image_url, "detail": detail}},
-                {"type": "text", "text": render(templates.coldstart_user, values)},
+                *({"type": "image_url", "image_url": {"url": u, "detail": detail}} for u in urls),
+                {"type": "text", "text": _views_note(len(urls)) + render(templates.coldstart_user, values)},
             ],
         },
     ]
+
+
+def _views_note(n: int) -> str:
+    if n == 1:
+        return ""
+    return f"The study has {n} images, in order; every box refers to image 1 and is cited in its pixels.\n\n"
 
 
 def judge_messages(
@@ -292,24 +309,28 @@ class Job:
     offline_style: str = "per-question"
 
     def teacher_request(self, record: dict) -> dict:
-        url = image_data_url(resolve_image(self.data_dir, record["image"]))
-        messages = teacher_messages(record, url, self.templates, self.image_detail)
+        urls = [image_data_url(p) for p in image_paths(self.data_dir, record)]
+        messages = teacher_messages(record, urls, self.templates, self.image_detail)
         return {"model": self.teacher_name, "messages": messages, **self.request_params}
 
     def kept_record(self, record: dict, reasoning: str) -> dict:
-        image = record["image"]
-        if not Path(image).is_absolute():
-            image = os.path.relpath((self.data_dir / image).resolve(), self.out_dir.resolve())
+        def relocate(image: str) -> str:
+            if Path(image).is_absolute():
+                return image
+            return os.path.relpath((self.data_dir / image).resolve(), self.out_dir.resolve())
+
         meta = {**(record.get("meta") or {}), "teacher": self.teacher_name}
         if self.judge:
             meta["judge"] = self.judge.model
-        return validate_record({**record, "image": image, "reasoning": reasoning, "meta": meta})
+        return validate_record({**map_images(record, relocate), "reasoning": reasoning, "meta": meta})
 
     def process(self, record: dict) -> Outcome:
         out = Outcome(record["id"])
-        image_path = resolve_image(self.data_dir, record["image"])
-        if not image_path.exists():
-            out.failed = ("image not found", str(image_path))
+        paths = image_paths(self.data_dir, record)
+        image_path = paths[0]  # the boxes' image, which the judge checks
+        missing = [p for p in paths if not p.exists()]
+        if missing:
+            out.failed = ("image not found", str(missing[0]))
             return out
         try:
             if self.teacher is None:
@@ -416,7 +437,7 @@ def truncate_images(obj):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m data_prep.coldstart",
+        prog="python -m data_prep.synthesis.coldstart",
         description="Synthesise grounded cold-start reasoning with a teacher model, filtered.",
     )
     p.add_argument("--data", required=True, help="dataset folder (records.jsonl)")

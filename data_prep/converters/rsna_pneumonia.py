@@ -1,7 +1,7 @@
 """RSNA Pneumonia Detection -> grounding, presence VQA and classification records.
 
 Usage:
-    python -m data_prep.rsna_pneumonia --root rsna-pneumonia-detection-challenge --out data/rsna-pneumonia
+    python -m data_prep.converters.rsna_pneumonia --root rsna-pneumonia-detection-challenge --out data/rsna-pneumonia
 
 Reads stage_2_train_labels.csv (patientId, x, y, width, height, Target: one row per box,
 Target 0 rows have no box), optionally stage_2_detailed_class_info.csv (Lung Opacity /
@@ -16,7 +16,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from data_prep.convert import Unit, image_dst, main
+from data_prep.converters.common import Unit, image_dst, main
+from data_prep.converters.tables import find_file, read_csv, to_float
 from data_prep.labels import (
     base,
     classification_record,
@@ -25,7 +26,6 @@ from data_prep.labels import (
     presence_records,
     to_frame,
 )
-from data_prep.tables import find_file, read_csv, to_float
 
 SOURCE = "rsna-pneumonia"
 CLASSES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")

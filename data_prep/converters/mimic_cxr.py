@@ -1,7 +1,7 @@
 """MIMIC-CXR-JPG (+ MIMIC-CXR reports) -> report, classification and presence-VQA records.
 
 Usage:
-    python -m data_prep.mimic_cxr --root physionet.org/files/mimic-cxr-jpg/2.1.0 \\
+    python -m data_prep.converters.mimic_cxr --root physionet.org/files/mimic-cxr-jpg/2.1.0 \\
         --reports physionet.org/files/mimic-cxr/2.1.0 --out data/mimic-cxr [--labels chexpert]
 
 Reads, under --root: mimic-cxr-2.0.0-split.csv(.gz) (official split, validate -> validation),
@@ -10,9 +10,12 @@ mimic-cxr-2.0.0-{chexpert,negbio}.csv(.gz) and the images
 files/p10/p10000032/s50414267/<dicom_id>.jpg; under --reports (default: --root):
 files/p10/p10000032/s50414267.txt.
 
-One image per study (PA, else AP, else another frontal view, else lateral). Per study:
+``--views frontal`` (default): one image per study (PA, else AP, else another frontal view, else
+lateral). ``--views frontal+lateral``: the frontal image and, where the study has one, a lateral
+(LATERAL, else LL) as a second image of every record of the study; boxes (none here) would lie on the
+frontal. Studies without a lateral keep one image and are counted in the ledger. Per study:
 report_findings / report_impression (sections by the dataset's own parser rules, see
-data_prep.reports), one multi-label classification record (positives joined with " | ", or
+data_prep.converters.reports), one multi-label classification record (positives joined with " | ", or
 "No Finding") and one yes/no presence question per labelled observation (1 -> yes, 0 -> no;
 -1 uncertain follows --uncertain, default skip; blank = not mentioned -> no question).
 """
@@ -22,19 +25,26 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from data_prep.convert import Unit, image_dst, main
+from data_prep.converters.common import Unit, image_dst, main
+from data_prep.converters.reports import findings_impression
+from data_prep.converters.tables import find_file, norm_split, read_csv
 from data_prep.labels import base, chexpert_codes, chexpert_records, report_records
-from data_prep.reports import findings_impression
-from data_prep.tables import find_file, norm_split, read_csv
 
 SOURCE = "mimic-cxr"
 VIEW_ORDER = ("PA", "AP", "AP AXIAL", "PA LLD", "AP LLD", "PA RLD", "AP RLD", "LATERAL", "LL", "LAO", "RAO")
+LATERAL_VIEWS = ("LATERAL", "LL")
 
 
 def add_args(p):
     p.add_argument("--reports", default=None, help="MIMIC-CXR folder holding files/pXX/pID/sID.txt")
     p.add_argument("--labels", choices=("chexpert", "negbio"), default="chexpert")
     p.add_argument("--uncertain", choices=("skip", "positive", "negative"), default="skip")
+    p.add_argument(
+        "--views",
+        choices=("frontal", "frontal+lateral"),
+        default="frontal",
+        help="images per study: the best frontal, or the frontal and a lateral as two images",
+    )
 
 
 def view_rank(view: str) -> int:
@@ -85,9 +95,19 @@ def units(args, ledger):
         ledger.read += 1
         _, dicom, view, split = min(images)
         report = reports / f"p{subject[:2]}" / f"p{subject}" / f"s{study}.txt"
-        data = (subject, study, dicom, view, split, report, labels.get(study))
+        extra, views = [], view
+        if args.views == "frontal+lateral" and view.upper() not in LATERAL_VIEWS:
+            laterals = sorted(i for i in images if i[2].upper() in LATERAL_VIEWS)
+            if laterals:
+                _, lat, lat_view, _ = laterals[0]
+                lat_dst = image_dst(f"p{subject[:2]}", f"p{subject}", f"s{study}", lat)
+                extra = [(image_path(root, subject, study, lat), lat_dst)]
+                views = f"{view}+{lat_view}"
+            else:
+                ledger.extra["studies_without_lateral"] = ledger.extra.get("studies_without_lateral", 0) + 1
+        data = (subject, study, dicom, views, split, report, labels.get(study))
         dst = image_dst(f"p{subject[:2]}", f"p{subject}", f"s{study}", dicom)
-        yield Unit(f"p{subject}/s{study}", image_path(root, subject, study, dicom), dst, data)
+        yield Unit(f"p{subject}/s{study}", image_path(root, subject, study, dicom), dst, data, extra)
 
 
 def records(unit: Unit, info, ledger, args) -> list[dict]:

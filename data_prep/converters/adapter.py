@@ -1,0 +1,565 @@
+"""Map another benchmark's file onto the record schema, driven by a YAML config.
+
+    python -m evaluation.adapter --config evaluation/adapters/xraybench.yaml \\
+        --input ~/data/xraybench/test.parquet --out data/xraybench [--image-root DIR] [--workers 2]
+
+Reads JSON / JSONL / Parquet / CSV / TSV rows and, per the config:
+
+  columns:   schema field -> candidate input columns (the first one present and non-empty wins);
+             id, question, answer, image are required (id falls back to "<name>-<row>"),
+             patient_id / study_id / boxes / width / height / split / reasoning / meta are optional
+             (split overrides constants.split per row; meta, a dict or JSON text, is merged in)
+  constants: fixed schema fields (e.g. split: test)
+  source:    a constant, or {column: [...], map: {value: source}, default: ...}
+  task:      {constant: TASK} or {column: [...], map: {value: task}, contains: [[substring, task]],
+             text: [[regex, task]], default: TASK or null}: column values are matched
+             case-insensitively, exact map first, then the first substring rule; where no column
+             gives a task, the first ``text`` regex found in the question (case-insensitive) decides;
+             no match and no default -> the row is rejected, naming the prompt's first words
+  meta:      record meta key -> candidate columns (e.g. question_type, which VQA metrics group by)
+  image_root: folder that relative image paths are relative to (default: the input's folder;
+             --image-root overrides)
+  frame:     {min_pixels, max_pixels}: each image is converted once into the model frame
+             (data_prep.images, cached) and stored under OUT/images; null keeps the original
+             files and reads their size (then the processor resizes at run time and
+             reasoning boxes are checked against the original size)
+
+Images may be paths, lists of paths (a multi-view study: every image is kept, in order, and the
+record's ``image`` is a list) or embedded bytes ({"bytes": ..., "path": ...} as Hugging Face
+datasets store them in Parquet). ``<image>`` placeholders in the question must number 0 or one per
+image; leading ones are dropped (images first is the prompt default), others stay and become image
+items at their place (data_prep.prompts.user_content). Invalid rows are not written: they are
+counted by reason in OUT/ledger.json and kept in OUT/rejects.jsonl (data_prep.io.Ledger), with
+image bytes replaced by their size and hash and long texts cut. Output: OUT/records.jsonl (+ images/,
+frame.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import yaml
+
+from data_prep.frame import scale_box, write_frame
+from data_prep.io import RECORDS, Ledger, write_jsonl
+from data_prep.schema import IMAGE_TOKEN, LIST_SEP, SPLITS, TASKS, RecordError, make_record
+
+REQUIRED = ("question", "answer", "image")
+KNOWN_COLUMNS = (
+    "id",
+    "question",
+    "answer",
+    "image",
+    "patient_id",
+    "study_id",
+    "boxes",
+    "width",
+    "height",
+    "split",
+    "reasoning",
+    "meta",
+)
+REJECT_TEXT_CHARS = 200  # longer texts are cut in rejects.jsonl (a report, a base64 string)
+
+
+class ConfigError(ValueError):
+    """The YAML config is malformed; the message names the key."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a .jsonl / .json / .parquet / .csv / .tsv file as dicts."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        return rows
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return _json_rows(data, path)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if suffix in (".csv", ".tsv"):
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    raise ValueError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .json, .parquet, .csv or .tsv)")
+
+
+def _json_rows(data, path: Path) -> list[dict]:
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        lists = {k: v for k, v in data.items() if isinstance(v, list)}
+        if (
+            lists
+            and all(isinstance(v, list) for v in data.values())
+            and len({len(v) for v in lists.values()}) == 1
+        ):
+            if all(not isinstance(v[0], dict) for v in lists.values() if v):  # column-oriented
+                n = len(next(iter(lists.values())))
+                return [{k: v[i] for k, v in lists.items()} for i in range(n)]
+        for key in ("data", "rows", "test", "records", "items", "samples"):
+            if isinstance(data.get(key), list):
+                return data[key]
+        if len(lists) == 1:
+            return next(iter(lists.values()))
+    raise ValueError(f"{path}: expected a list of objects (or an object holding one under 'data')")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def load_config(path: str | Path) -> dict:
+    cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: the config must be a mapping")
+    cfg.setdefault("name", Path(path).stem)
+    cols = cfg.setdefault("columns", {})
+    for field, cands in list(cols.items()):
+        if field not in KNOWN_COLUMNS:
+            raise ConfigError(f"{path}: columns.{field}: unknown field (known: {', '.join(KNOWN_COLUMNS)})")
+        cols[field] = [cands] if isinstance(cands, str) else list(cands or [])
+    for field in REQUIRED:
+        if not cols.get(field):
+            raise ConfigError(f"{path}: columns.{field} is required (candidate column names)")
+    task = cfg.get("task")
+    if not isinstance(task, dict) or not (task.get("constant") or task.get("column") or task.get("text")):
+        raise ConfigError(
+            f"{path}: task needs 'constant: TASK', 'column: [...]' or 'text: [[regex, TASK], ...]' "
+            "(+ map / contains / default)"
+        )
+    for rule in task.get("text") or []:
+        if not (isinstance(rule, (list, tuple)) and len(rule) == 2):
+            raise ConfigError(f"{path}: task.text rules are [regex, TASK] pairs, got {rule!r}")
+        try:
+            re.compile(rule[0])
+        except re.error as e:
+            raise ConfigError(f"{path}: task.text regex {rule[0]!r}: {e}") from None
+    for t in _task_targets(task):
+        if t not in TASKS:
+            raise ConfigError(f"{path}: task maps to unknown task '{t}' (expected one of {', '.join(TASKS)})")
+    split = (cfg.get("constants") or {}).get("split", "test")
+    if split not in SPLITS:
+        raise ConfigError(f"{path}: constants.split '{split}' is not one of {', '.join(SPLITS)}")
+    frame = cfg.get("frame")
+    if frame is not None and not {"min_pixels", "max_pixels"} <= set(frame):
+        raise ConfigError(f"{path}: frame needs min_pixels and max_pixels (or frame: null)")
+    return cfg
+
+
+def _task_targets(task: dict) -> Iterable[str]:
+    if task.get("constant"):
+        yield task["constant"]
+    yield from (task.get("map") or {}).values()
+    yield from (t for _, t in (task.get("contains") or []))
+    yield from (t for _, t in (task.get("text") or []))
+    if task.get("default"):
+        yield task["default"]
+
+
+def _present(value) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, float) and value != value:  # NaN from CSV/Parquet
+        return False
+    if isinstance(value, (str, bytes, list, tuple, dict)) and len(value) == 0:
+        return False
+    return not (isinstance(value, str) and not value.strip())
+
+
+def pick(row: dict, candidates) -> tuple[object, str | None]:
+    """(value, column) of the first candidate column present and non-empty in row."""
+    for c in [candidates] if isinstance(candidates, str) else candidates or []:
+        if c in row and _present(row[c]):
+            return row[c], c
+    return None, None
+
+
+def resolve_task(row: dict, task_cfg: dict, question: str = "") -> tuple[str | None, dict]:
+    """(task or None, where it came from: {"task_value": column value} or {"task_rule": regex})."""
+    if task_cfg.get("constant"):
+        return task_cfg["constant"], {}
+    value, _ = pick(row, task_cfg.get("column"))
+    key = str(value).strip().lower() if value is not None else ""
+    why = {"task_value": str(value)[:80]} if value is not None else {}
+    mapping = {str(k).strip().lower(): v for k, v in (task_cfg.get("map") or {}).items()}
+    if key in mapping:
+        return mapping[key], why
+    if key in TASKS:
+        return key, why
+    for sub, task in task_cfg.get("contains") or []:
+        if key and str(sub).lower() in key:
+            return task, why
+    if value is None:  # a task column's value that maps nowhere is rejected, not guessed from the text
+        for pattern, task in task_cfg.get("text") or []:
+            if re.search(pattern, question or "", re.IGNORECASE):
+                return task, {"task_rule": pattern}
+    return task_cfg.get("default"), why
+
+
+def first_words(text: str, n: int = 8) -> str:
+    words = str(text).replace(IMAGE_TOKEN, " ").split()
+    return " ".join(words[:n]) + (" ..." if len(words) > n else "")
+
+
+def place_images(question: str, n_images: int) -> str:
+    """The question with leading ``<image>`` placeholders dropped (images first is the prompt default);
+    placeholders elsewhere stay. Raises ValueError when their count is neither 0 nor one per image."""
+    count = question.count(IMAGE_TOKEN)
+    if count not in (0, n_images):
+        raise ValueError(f"{count} {IMAGE_TOKEN} placeholder(s) for {n_images} image(s)")
+    rest = question.lstrip()
+    leading = 0
+    while rest.startswith(IMAGE_TOKEN):
+        rest = rest[len(IMAGE_TOKEN) :].lstrip()
+        leading += 1
+    return rest.strip() if leading == count else question.strip()
+
+
+def resolve_source(row: dict, cfg: dict) -> str:
+    src = cfg.get("source", cfg["name"])
+    if isinstance(src, dict):
+        value, _ = pick(row, src.get("column"))
+        key = str(value).strip().lower() if value is not None else ""
+        if value is not None and not src.get("map"):
+            return str(value).strip()  # no map: the column's value is the source
+        mapping = {str(k).strip().lower(): v for k, v in (src.get("map") or {}).items()}
+        return str(mapping.get(key) or src.get("default") or key or cfg["name"])
+    return str(src)
+
+
+def as_answer(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return LIST_SEP.join(str(v).strip() for v in value if str(v).strip())
+    return str(value).strip()
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str) -> str:
+    return _SAFE.sub("_", text).strip("._")[:120] or "image"
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def image_sources(value, image_root: Path, staging: Path, stem: str) -> list[Path]:
+    """Paths of the row's source images, in order (a list value is a multi-view study); embedded bytes
+    are staged as files."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ValueError("empty image list")
+    out = []
+    for k, v in enumerate(values):
+        if isinstance(v, dict):
+            if v.get("bytes"):
+                v = v["bytes"]
+            elif v.get("path"):
+                v = v["path"]
+            else:
+                raise ValueError(f"image {k + 1}: dict has neither 'bytes' nor 'path'")
+        if isinstance(v, (bytes, bytearray)):
+            staging.mkdir(parents=True, exist_ok=True)
+            dst = staging / f"{stem}-{k}.bin"
+            dst.write_bytes(bytes(v))
+            out.append(dst)
+        elif isinstance(v, str) and v.strip():
+            p = Path(v.strip())
+            out.append(p if p.is_absolute() else image_root / p)
+        else:
+            raise ValueError(
+                f"image {k + 1}: expected a path, bytes or {{bytes, path}}, got {type(v).__name__}"
+            )
+    return out
+
+
+def image_names(stem: str, n: int) -> list[str]:
+    """Stored names of a row's images: the first keeps the row's stem, further views get -2, -3, ..."""
+    return [f"images/{stem}.png"] + [f"images/{stem}-{k}.png" for k in range(2, n + 1)]
+
+
+def parse_boxes(value, label: str = "finding") -> list[dict]:
+    """Boxes as [{"label", "box"}] from a list of dicts or of 4-number lists (or a JSON string)."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    out = []
+    for b in value or []:
+        if isinstance(b, dict):
+            out.append({"label": str(b.get("label") or label), "box": [float(v) for v in b["box"]]})
+        else:
+            out.append({"label": label, "box": [float(v) for v in b]})
+    return out
+
+
+# ----------------------------------------------------------------------------- adapter
+
+
+def adapt(
+    config: str | Path | dict,
+    input_path: str | Path,
+    out_dir: str | Path,
+    image_root: str | Path | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Convert ``input_path`` per ``config`` into OUT (records, images, frame, ledger)."""
+    from tqdm import tqdm
+
+    from data_prep.images import ImageError, ImageInfo, ImagePool
+
+    cfg = load_config(config) if not isinstance(config, dict) else config
+    input_path, out = Path(input_path), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if image_root:
+        root = Path(image_root).expanduser()
+    elif cfg.get("image_root"):
+        root = Path(cfg["image_root"]).expanduser()
+        root = root if root.is_absolute() else input_path.parent / root
+    else:
+        root = input_path.parent
+    # embedded image bytes: staged for conversion (then dropped), or kept when there is no frame
+    staging = out / ("_staged" if cfg.get("frame") else "images")
+    cols, constants = cfg["columns"], dict(cfg.get("constants") or {})
+    split = constants.pop("split", "test")
+    frame = cfg.get("frame")
+    ledger = Ledger(f"adapter:{cfg['name']}")
+    rows = read_rows(input_path)
+
+    pending: list[dict] = []  # rows that passed the text checks, waiting for their images
+    seen: set[str] = set()
+    for rownum, row in enumerate(rows, 1):
+        ledger.read += 1
+        where = f"{input_path.name}:row {rownum}"
+        if not isinstance(row, dict):
+            ledger.reject("not an object", where, f"got {type(row).__name__}")
+            continue
+        rid, _ = pick(row, cols.get("id"))
+        rid = str(rid).strip() if rid is not None else f"{cfg['name']}-{rownum:06d}"
+        if rid in seen:
+            ledger.reject("duplicate id", where, f"id {rid!r} seen before", row=_jsonable(row))
+            continue
+        question, _ = pick(row, cols["question"])
+        answer, _ = pick(row, cols["answer"])
+        image, _ = pick(row, cols["image"])
+        task, task_why = resolve_task(row, cfg["task"], str(question or ""))
+        if task is None:
+            if task_why:
+                detail = f"task value {task_why['task_value']!r} matches no rule"
+            else:
+                detail = (
+                    f"no task column, and no text rule matches the prompt {first_words(question or '')!r}"
+                )
+            ledger.reject("unknown task", where, detail, row=_jsonable(row))
+            continue
+        missing = [f for f, v in (("question", question), ("answer", answer), ("image", image)) if v is None]
+        if missing:
+            ledger.reject(
+                f"missing {missing[0]}", where, f"no value in columns {cols[missing[0]]}", row=_jsonable(row)
+            )
+            continue
+        answer = as_answer(answer)
+        if not answer:
+            ledger.reject("missing answer", where, "empty answer", row=_jsonable(row))
+            continue
+        stem = safe_name(rid)
+        try:
+            srcs = image_sources(image, root, staging, stem)
+        except (ValueError, TypeError) as e:
+            ledger.reject("bad image value", where, str(e), row=_jsonable(row))
+            continue
+        try:
+            question = place_images(str(question), len(srcs))
+        except ValueError as e:
+            ledger.reject("image placeholders", where, str(e), row=_jsonable(row))
+            continue
+        row_split, _ = pick(row, cols.get("split"))
+        row_split = str(row_split).strip().lower() if row_split is not None else split
+        if row_split not in SPLITS:
+            ledger.reject("unknown split", where, f"{row_split!r} is not one of {SPLITS}", row=_jsonable(row))
+            continue
+        meta_value, _ = pick(row, cols.get("meta"))
+        try:
+            meta = dict(json.loads(meta_value) if isinstance(meta_value, str) else meta_value or {})
+        except (ValueError, TypeError) as e:
+            ledger.reject("bad meta", where, f"not a JSON object: {e}", row=_jsonable(row))
+            continue
+        meta.update({"benchmark": cfg["name"], "row": rownum, **task_why})
+        for key, cands in (cfg.get("meta") or {}).items():
+            value, _ = pick(row, cands)
+            if value is not None:
+                meta[key] = value if isinstance(value, (int, float, bool)) else str(value)
+        boxes_value, _ = pick(row, cols.get("boxes"))
+        try:
+            boxes = parse_boxes(boxes_value) if boxes_value is not None else []
+        except (ValueError, TypeError, KeyError) as e:
+            ledger.reject("bad boxes", where, str(e), row=_jsonable(row))
+            continue
+        reasoning, _ = pick(row, cols.get("reasoning"))
+        seen.add(rid)
+        pending.append(
+            {
+                "where": where,
+                "row": row,
+                "srcs": srcs,
+                "stem": stem,
+                "fields": {
+                    "id": rid,
+                    "source": resolve_source(row, cfg),
+                    "task": task,
+                    "question": question,
+                    "answer": answer,
+                    "boxes": boxes,
+                    "patient_id": str(pick(row, cols.get("patient_id"))[0] or rid),
+                    "study_id": str(pick(row, cols.get("study_id"))[0] or rid),
+                    "split": row_split,
+                    "reasoning": str(reasoning) if reasoning is not None else None,
+                    "meta": meta,
+                    **constants,
+                },
+            }
+        )
+
+    # images: convert into the model frame (cached, parallel) or keep the originals
+    jobs = [
+        (src, out / name)
+        for p in pending
+        for src, name in zip(p["srcs"], image_names(p["stem"], len(p["srcs"])))
+    ]
+    flat: list = []
+    with tqdm(total=len(jobs), desc="images", unit="img", disable=not progress) as bar:
+        if frame:
+            with ImagePool(int(frame["min_pixels"]), int(frame["max_pixels"]), workers=workers) as pool:
+                flat = pool.convert(jobs, progress=bar)
+        else:
+            from PIL import Image
+
+            for src, _ in jobs:
+                try:
+                    with Image.open(src) as im:
+                        flat.append(ImageInfo(im.width, im.height, im.width, im.height))
+                except FileNotFoundError:
+                    flat.append(ImageError("missing image", f"file not found: {src}"))
+                except OSError as e:
+                    flat.append(ImageError("unreadable image", f"{src}: {e}"))
+                bar.update(1)
+
+    records = []
+    k = 0
+    for p in pending:
+        infos = flat[k : k + len(p["srcs"])]
+        k += len(p["srcs"])
+        failed = next((i for i in infos if isinstance(i, ImageError)), None)
+        if failed is not None:
+            ledger.reject(failed.reason, p["where"], str(failed), row=_jsonable(p["row"]))
+            continue
+        fields = dict(p["fields"])
+        if frame:
+            images = image_names(p["stem"], len(p["srcs"]))
+        else:
+            images = []
+            for src in p["srcs"]:
+                src = Path(src).resolve()
+                inside = src.is_relative_to(out.resolve())
+                images.append(str(src.relative_to(out.resolve())) if inside else str(src))
+        fields["image"] = images[0] if len(images) == 1 else images
+        info = infos[0]  # boxes lie on the first image
+        fields["width"], fields["height"] = info.width, info.height
+        if fields["boxes"] and (info.src_w, info.src_h) != (info.width, info.height):
+            fields["boxes"] = [
+                {
+                    "label": b["label"],
+                    "box": scale_box(b["box"], (info.src_w, info.src_h), (info.width, info.height)),
+                }
+                for b in fields["boxes"]
+            ]
+        if info.src_w != info.width or info.src_h != info.height:
+            fields["meta"]["original_size"] = [info.src_w, info.src_h]
+        if len(infos) > 1:
+            fields["meta"]["image_sizes"] = [[i.width, i.height] for i in infos]
+        try:
+            records.append(make_record(**fields))
+        except RecordError as e:
+            ledger.reject("invalid record", p["where"], str(e), row=_jsonable(p["row"]))
+    if frame and staging.exists():
+        for f in staging.iterdir():
+            f.unlink()
+        staging.rmdir()
+
+    ledger.written = write_jsonl(out / RECORDS, records)
+    if frame:
+        write_frame(out, int(frame["min_pixels"]), int(frame["max_pixels"]))
+    ledger.extra = {
+        "input": str(input_path),
+        "records_per_task": _counts(r["task"] for r in records),
+        "records_per_source": _counts(r["source"] for r in records),
+    }
+    ledger.save(out)
+    if progress:
+        print(ledger.summary())
+    return ledger.as_dict()
+
+
+def _counts(items) -> dict:
+    out: dict = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _jsonable(row: dict) -> dict:
+    """The row for rejects.jsonl: image bytes become their size and hash, long texts are cut, so a
+    reject stays small (a path, a size or a hash, never the image)."""
+    return {str(k): _small(v) for k, v in row.items()}
+
+
+def _small(v, depth: int = 0):
+    if isinstance(v, (bytes, bytearray)):
+        return f"<{len(v)} bytes, sha256 {hashlib.sha256(v).hexdigest()[:16]}>"
+    if isinstance(v, str):
+        return v if len(v) <= REJECT_TEXT_CHARS else f"{v[:REJECT_TEXT_CHARS]}... <{len(v)} chars>"
+    if isinstance(v, dict) and depth < 4:
+        return {str(k): _small(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, (list, tuple)) and depth < 4:
+        items = [_small(x, depth + 1) for x in v[:20]]
+        return items + ([f"<{len(v) - 20} more>"] if len(v) > 20 else [])
+    if v is None or isinstance(v, (bool, int, float)):
+        return v
+    return _small(repr(v), depth)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="adapter YAML, e.g. evaluation/adapters/xraybench.yaml")
+    ap.add_argument("--input", required=True, help="the benchmark file (.jsonl/.json/.parquet/.csv/.tsv)")
+    ap.add_argument("--out", required=True, help="dataset folder to write (records.jsonl, images/, ledger)")
+    ap.add_argument("--image-root", help="folder relative image paths start from (overrides the config)")
+    ap.add_argument("--workers", type=int, default=1, help="processes for image conversion")
+    args = ap.parse_args(argv)
+    try:
+        adapt(args.config, args.input, args.out, image_root=args.image_root, workers=args.workers)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"adapter: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

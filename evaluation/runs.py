@@ -1,0 +1,93 @@
+"""An evaluation run's folder: its file names and readers, shared by run, compare, gallery and review.
+
+A leaf module (it imports nothing from evaluation), so the modules that use it never import each other
+in a circle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from data_prep.io import atomic_write_text
+
+PREDICTIONS = "predictions.jsonl"
+RUN_CONFIG = "run_config.json"
+RESULTS = "results.json"
+PER_SAMPLE = "per_sample.jsonl"
+GALLERY = "gallery.html"
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+def load_predictions(path: str | Path, repair: bool = False) -> dict[str, str]:
+    """{id: completion} from a predictions file; a torn last line (killed mid-write) is dropped.
+
+    With ``repair`` the file is rewritten without the broken line, so that appending continues
+    on a clean line boundary.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    preds: dict[str, str] = {}
+    good_lines, broken = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                preds[str(row["id"])] = row["completion"]
+                good_lines.append(line if line.endswith("\n") else line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                broken += 1
+    if repair and (broken or (good_lines and not path.read_text(encoding="utf-8").endswith("\n"))):
+        atomic_write_text(path, "".join(good_lines))
+        if broken:
+            print(
+                f"{path}: dropped {broken} broken line(s) (an interrupted write); they will be generated again"
+            )
+    return preds
+
+
+def append_predictions(path: Path, rows: list[dict]) -> None:
+    """Append and fsync: a kill loses at most the batch being written."""
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def parse_runs(items: list[str]) -> dict[str, str]:
+    """``NAME=FOLDER`` items as {name: folder}."""
+    runs = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--runs takes NAME=FOLDER items, got '{item}'")
+        name, folder = item.split("=", 1)
+        if not name or name in runs:
+            raise SystemExit(f"--runs: empty or repeated run name in '{item}'")
+        runs[name] = folder
+    return runs
+
+
+def load_results(folder: str | Path) -> dict:
+    path = Path(folder) / RESULTS
+    if not path.exists():
+        raise SystemExit(f"{path} not found: run `python -m evaluation.run ... --out {folder}` first")
+    return json.loads(path.read_text())
+
+
+def load_run(out_dir: str | Path) -> tuple[dict, dict[str, str], dict[str, dict]]:
+    """(results, predictions, per-sample scores by id) of an evaluation.run output folder."""
+    out = Path(out_dir)
+    results = json.loads((out / RESULTS).read_text()) if (out / RESULTS).exists() else {}
+    preds = load_predictions(out / PREDICTIONS)
+    per = {}
+    if (out / PER_SAMPLE).exists():
+        for line in (out / PER_SAMPLE).read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                per[row["id"]] = row
+    return results, preds, per
