@@ -29,7 +29,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-gpu test lint format demo demo-seeds reward-study tiny-model phantom sft coldstart-data coldstart grpo \
-	vllm-serve check-vllm eval compare bench bench-sft bench-rewards bench-grpo bench-vllm bench-data clean
+	vllm-serve check-vllm eval compare review review-analyse bench bench-sft bench-rewards bench-grpo bench-vllm bench-data clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -126,6 +126,18 @@ eval: $(VENV_STAMP) ## evaluate EVAL_MODEL on EVAL_DATA's test split (BACKEND=vl
 RUNS ?=
 compare: $(VENV_STAMP) ## side-by-side table + plots: make compare RUNS="base=DIR sft=DIR ..."
 	$(PY) -m evaluation.compare --out $(OUT)/eval/compare --runs $(RUNS)
+
+# Blind pairwise review (README: "Blind pairwise review"): the study goes to REVIEW_OUT, by default
+# outputs/review/NAME1-vs-NAME2; a second `make review` with the same RUNS resumes it (and adds new REVIEWERS).
+REVIEWERS ?=
+REVIEW_OUT ?=
+STUDY ?=
+review: $(VENV_STAMP) ## blind review app on localhost: make review RUNS="a=DIR b=DIR" REVIEWERS=alice,bob
+	$(PY) -m evaluation.review start --runs $(RUNS) $(if $(REVIEWERS),--reviewers $(REVIEWERS)) \
+		$(if $(REVIEW_OUT),--out $(REVIEW_OUT)) $(ARGS)
+
+review-analyse: $(VENV_STAMP) ## review results: rates, CIs, kappa, judge: make review-analyse STUDY=DIR [ARGS=--paper]
+	$(PY) -m evaluation.review analyse $(STUDY) $(ARGS)
 
 bench: $(VENV_STAMP) ## every benchmark; figures to outputs/bench.json
 	$(PY) -m recipes.bench --out $(OUT)/bench.json
