@@ -1,8 +1,9 @@
-"""The model frame: the image size the model sees after Qwen2.5-VL's resize.
+"""The model frame: the image size the model sees after the Qwen-VL resize.
 
 Every image is resized into this frame once, at data-prep time, and every box is stored in
-its pixels. The frame depends on the processor's min/max pixels, so a dataset folder records
-them in ``frame.json`` and the recipes refuse a processor that would resize again.
+its pixels. The frame depends on the processor's min/max pixels and the family's side multiple
+(28 for Qwen2.5-VL, 32 for Qwen3-VL: data_prep.families), so a dataset folder records them in
+``frame.json`` and the recipes refuse a processor that would resize again.
 """
 
 from __future__ import annotations
@@ -47,9 +48,13 @@ def scale_box(box, src_wh, dst_wh, ndigits: int = 0):
     return [int(v) for v in out] if ndigits == 0 else out
 
 
-def write_frame(dataset_dir: str | Path, min_pixels: int, max_pixels: int) -> None:
+def write_frame(
+    dataset_dir: str | Path, min_pixels: int, max_pixels: int, factor: int = FACTOR, family: str | None = None
+) -> None:
     path = Path(dataset_dir) / "frame.json"
-    payload = {"min_pixels": int(min_pixels), "max_pixels": int(max_pixels), "factor": FACTOR}
+    payload = {"min_pixels": int(min_pixels), "max_pixels": int(max_pixels), "factor": int(factor)}
+    if family:
+        payload["family"] = family
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
@@ -68,6 +73,13 @@ def check_processor_frame(dataset_dir: str | Path, image_processor) -> None:
     size = getattr(image_processor, "size", {}) or {}
     proc_min = size.get("shortest_edge", getattr(image_processor, "min_pixels", None))
     proc_max = size.get("longest_edge", getattr(image_processor, "max_pixels", None))
+    proc_factor = getattr(image_processor, "patch_size", 14) * getattr(image_processor, "merge_size", 2)
+    if proc_factor != frame.get("factor", FACTOR):
+        raise SystemExit(
+            f"{dataset_dir}/frame.json was prepared for image sides in multiples of {frame.get('factor', FACTOR)} "
+            f"({frame.get('family', 'qwen2.5-vl')}), but the processor resizes to multiples of {proc_factor}. "
+            "Prepare the data for this model's family (`--family`), or use a model of the data's family."
+        )
     if (proc_min, proc_max) != (frame["min_pixels"], frame["max_pixels"]):
         raise SystemExit(
             f"{dataset_dir}/frame.json was prepared for min_pixels={frame['min_pixels']}, "

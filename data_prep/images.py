@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from data_prep.frame import smart_resize
+from data_prep.frame import FACTOR, smart_resize
 
 CACHE_KEY = "openmedix-frame"
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
@@ -132,28 +132,33 @@ def open_source(src: Path) -> tuple[Image.Image, int, int]:
 # ------------------------------------------------------------------------------ converting
 
 
-def cached_info(dst: Path, min_pixels: int, max_pixels: int) -> ImageInfo | None:
+def cached_info(dst: Path, min_pixels: int, max_pixels: int, factor: int = FACTOR) -> ImageInfo | None:
     """The info of an already converted image for this frame, or None (missing / other frame)."""
     try:
         with Image.open(dst) as im:
             meta = json.loads(im.info.get(CACHE_KEY, "null") or "null")
             if not meta or (meta.get("min_pixels"), meta.get("max_pixels")) != (min_pixels, max_pixels):
                 return None
+            if meta.get("factor", FACTOR) != factor:
+                return None
             return ImageInfo(int(meta["src_w"]), int(meta["src_h"]), im.width, im.height, True)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def convert_image(src: str | Path, dst: str | Path, min_pixels: int, max_pixels: int) -> ImageInfo:
-    """Convert one image into the model frame (or reuse the cached one); raises ImageError."""
+def convert_image(
+    src: str | Path, dst: str | Path, min_pixels: int, max_pixels: int, factor: int = FACTOR
+) -> ImageInfo:
+    """Convert one image into the model frame (or reuse the cached one); raises ImageError.
+    ``factor``: the family's side multiple (28 for Qwen2.5-VL, 32 for Qwen3-VL; data_prep.families)."""
     src, dst = Path(src), Path(dst)
     if dst.exists():
-        info = cached_info(dst, min_pixels, max_pixels)
+        info = cached_info(dst, min_pixels, max_pixels, factor)
         if info is not None:
             return info
     im, src_w, src_h = open_source(src)
     try:
-        h, w = smart_resize(src_h, src_w, min_pixels, max_pixels)
+        h, w = smart_resize(src_h, src_w, min_pixels, max_pixels, factor)
     except ValueError as e:
         raise ImageError("bad image size", f"{src}: {src_w}x{src_h}: {e}") from None
     try:
@@ -165,6 +170,8 @@ def convert_image(src: str | Path, dst: str | Path, min_pixels: int, max_pixels:
     except Exception as e:
         raise ImageError("unreadable image", f"{src}: {type(e).__name__}: {e}") from None
     meta = {"src_w": src_w, "src_h": src_h, "min_pixels": min_pixels, "max_pixels": max_pixels}
+    if factor != FACTOR:  # Qwen2.5-VL's files keep their old cache key, byte for byte
+        meta["factor"] = factor
     png = PngImagePlugin.PngInfo()
     png.add_text(CACHE_KEY, json.dumps(meta))
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -180,11 +187,13 @@ def convert_image(src: str | Path, dst: str | Path, min_pixels: int, max_pixels:
 Result = ImageInfo | ImageError
 
 
-def _convert_chunk(chunk: list[tuple[str, str]], min_pixels: int, max_pixels: int) -> list[Result]:
+def _convert_chunk(
+    chunk: list[tuple[str, str]], min_pixels: int, max_pixels: int, factor: int = FACTOR
+) -> list[Result]:
     out: list[Result] = []
     for src, dst in chunk:
         try:
-            out.append(convert_image(src, dst, min_pixels, max_pixels))
+            out.append(convert_image(src, dst, min_pixels, max_pixels, factor))
         except ImageError as e:
             out.append(e)
         except Exception as e:  # never lose a whole chunk to one odd file
@@ -201,8 +210,10 @@ class ImagePool:
     not grow with the dataset.
     """
 
-    def __init__(self, min_pixels: int, max_pixels: int, workers: int = 1, chunk: int = 8):
-        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+    def __init__(
+        self, min_pixels: int, max_pixels: int, workers: int = 1, chunk: int = 8, factor: int = FACTOR
+    ):
+        self.min_pixels, self.max_pixels, self.factor = min_pixels, max_pixels, factor
         self.workers, self.chunk = max(1, workers), max(1, chunk)
         self._pool = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
         if self._pool is not None:
@@ -213,14 +224,17 @@ class ImagePool:
         if self._pool is None:
             return jobs
         chunks = [jobs[i : i + self.chunk] for i in range(0, len(jobs), self.chunk)]
-        return [self._pool.submit(_convert_chunk, c, self.min_pixels, self.max_pixels) for c in chunks]
+        return [
+            self._pool.submit(_convert_chunk, c, self.min_pixels, self.max_pixels, self.factor)
+            for c in chunks
+        ]
 
     def collect(self, handle, progress=None) -> list[Result]:
         """Results of a submitted batch, in order; each is an ImageInfo or an ImageError."""
         if self._pool is None:
             results: list[Result] = []
             for job in handle:
-                results += _convert_chunk([job], self.min_pixels, self.max_pixels)
+                results += _convert_chunk([job], self.min_pixels, self.max_pixels, self.factor)
                 if progress is not None:
                     progress.update(1)
             return results

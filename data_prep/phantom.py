@@ -47,6 +47,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
+from data_prep.families import DEFAULT_FAMILY, FAMILIES, get_family
 from data_prep.frame import FACTOR, QWEN_MIN_PIXELS, write_frame
 from data_prep.io import RECORDS, Ledger, write_jsonl
 from data_prep.schema import LIST_SEP, RecordError, make_record
@@ -725,20 +726,29 @@ def study_records(study: Study, size: int, seed: int) -> list[dict]:
 # --------------------------------------------------------------------------------------
 
 
-def check_size(size: int) -> None:
-    if size % FACTOR or size < 112:
-        raise ValueError(f"--size must be a multiple of {FACTOR} and at least 112, got {size}")
+def check_size(size: int, factor: int = FACTOR) -> None:
+    if size % factor or size < 112:
+        raise ValueError(f"--size must be a multiple of {factor} and at least 112, got {size}")
 
 
 def generate(
-    n: int, out: str | Path, seed: int = 0, size: int = 224, progress: bool = True, views: int = 1
+    n: int,
+    out: str | Path,
+    seed: int = 0,
+    size: int = 224,
+    progress: bool = True,
+    views: int = 1,
+    family: str | None = None,
 ) -> dict:
     """Write n phantom studies (images, records, frame, ledger) into ``out``; return the ledger dict.
 
     ``views=2`` gives every study a second image, a repeat PA exposure (same patient and findings,
     other noise), for multi-image pipelines: records then hold two images, the boxes on the first.
+    ``family`` (data_prep.families) sets the side multiple the size must respect and is recorded in
+    frame.json; boxes are stored in absolute pixels whatever the family.
     """
-    check_size(size)
+    fam = get_family(family)
+    check_size(size, fam.factor)
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     if views not in (1, 2):
@@ -763,7 +773,7 @@ def generate(
                 ledger.reject("invalid record", where=fields["id"], detail=str(e), row=fields)
     # the records file goes last and atomically: it never names an image that is not there yet
     ledger.written = write_jsonl(out / RECORDS, records)
-    write_frame(out, min_pixels=QWEN_MIN_PIXELS, max_pixels=size * size)
+    write_frame(out, min_pixels=QWEN_MIN_PIXELS, max_pixels=size * size, factor=fam.factor, family=fam.name)
     ledger.extra = ledger_counts(records, seed, size)
     ledger.save(out)
     if progress:
@@ -795,16 +805,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=1000, help="number of studies (default 1000)")
     parser.add_argument("--out", default="data/phantom", help="dataset folder (default data/phantom)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=224, help=f"image side in pixels, a multiple of {FACTOR}")
+    parser.add_argument(
+        "--size", type=int, default=224, help="image side in pixels, a multiple of the family's 28/32"
+    )
+    parser.add_argument(
+        "--family", choices=list(FAMILIES), default=DEFAULT_FAMILY, help="model family the frame is for"
+    )
     parser.add_argument(
         "--views", type=int, default=1, choices=(1, 2), help="images per study (2: a repeat PA)"
     )
     args = parser.parse_args(argv)
     try:
-        check_size(args.size)
+        check_size(args.size, get_family(args.family).factor)
     except ValueError as e:
         parser.error(str(e))
-    generate(args.n, args.out, seed=args.seed, size=args.size, views=args.views)
+    generate(args.n, args.out, seed=args.seed, size=args.size, views=args.views, family=args.family)
 
 
 if __name__ == "__main__":

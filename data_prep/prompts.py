@@ -17,12 +17,20 @@ REASONING_INSTRUCTION = (
     "Put the final answer in \\boxed{}, e.g. <think> finding 1 with [x1, y1, x2, y2]; finding 2 "
     "with [...] </think>. The answer is: \\boxed{answer}"
 )
+# Families that ground in relative coordinates (Qwen3-VL, data_prep.families) are asked for those.
+RELATIVE_REASONING_INSTRUCTION = REASONING_INSTRUCTION.replace(
+    "in image pixels", "in coordinates relative to the image, from 0 to 1000"
+)
 ANSWER_LEAD = "The answer is: "
 
 
-def question_text(record: dict, reasoning: bool) -> str:
+def reasoning_instruction(family=None) -> str:
+    return RELATIVE_REASONING_INSTRUCTION if family is not None and family.relative else REASONING_INSTRUCTION
+
+
+def question_text(record: dict, reasoning: bool, family=None) -> str:
     q = record["question"].strip()
-    return f"{q}\n\n{REASONING_INSTRUCTION}" if reasoning else q
+    return f"{q}\n\n{reasoning_instruction(family)}" if reasoning else q
 
 
 def user_content(text: str, n_images: int) -> list[dict]:
@@ -46,10 +54,11 @@ def has_placeholders(record: dict) -> bool:
     return IMAGE_TOKEN in record["question"]
 
 
-def build_prompt(record: dict, reasoning: bool) -> list[dict]:
-    """The user turn: the image(s), then the question (plus the reasoning instruction)."""
+def build_prompt(record: dict, reasoning: bool, family=None) -> list[dict]:
+    """The user turn: the image(s), then the question (plus the reasoning instruction, in the box
+    convention of ``family``, a data_prep.families.Family; None: Qwen2.5-VL's absolute pixels)."""
     n = len(record_images(record))
-    return [{"role": "user", "content": user_content(question_text(record, reasoning), n)}]
+    return [{"role": "user", "content": user_content(question_text(record, reasoning, family), n)}]
 
 
 def answer_text(answer: str) -> str:

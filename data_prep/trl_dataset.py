@@ -12,6 +12,7 @@ from pathlib import Path
 
 from datasets import Dataset, Image, Sequence
 
+from data_prep.families import in_convention, scale_box_list
 from data_prep.io import RECORDS, image_paths, iter_jsonl
 from data_prep.prompts import answer_text, question_text, reasoning_text, user_content
 from data_prep.schema import (
@@ -101,11 +102,11 @@ def _image_column(dataset: Dataset) -> Dataset:
     return dataset.cast_column("images", Sequence(Image()))
 
 
-def trl_prompt(record: dict, reasoning: bool) -> list[dict]:
+def trl_prompt(record: dict, reasoning: bool, family=None) -> list[dict]:
     """The prompt as TRL stores it: string content, TRL putting the image placeholders before the text,
     which renders exactly like data_prep.prompts.build_prompt (a test checks it). A question with
     ``<image>`` placeholders gets content items instead, the images at their places."""
-    text = question_text(record, reasoning)
+    text = question_text(record, reasoning, family)
     if IMAGE_TOKEN in text:
         return [{"role": "user", "content": user_content(text, len(record_images(record)))}]
     return [{"role": "user", "content": text}]
@@ -128,16 +129,19 @@ def images_column(record: dict, dataset_dir: str | Path) -> list[str]:
     return [str(p) for p in image_paths(dataset_dir, record)]
 
 
-def sft_dataset(records: list[dict], dataset_dir: str | Path, reasoning: bool) -> Dataset:
-    """prompt / completion / images rows for SFTTrainer (completion-only loss)."""
+def sft_dataset(records: list[dict], dataset_dir: str | Path, reasoning: bool, family=None) -> Dataset:
+    """prompt / completion / images rows for SFTTrainer (completion-only loss); boxes in the text (box
+    answers, the reasoning's citations) are written in ``family``'s convention (data_prep.families)."""
     rows = []
     for rec in records:
+        images = images_column(rec, dataset_dir)
+        rec = in_convention(rec, family) if family is not None else rec
         text = reasoning_text(rec["reasoning"], rec["answer"]) if reasoning else answer_text(rec["answer"])
         rows.append(
             {
-                "prompt": trl_prompt(rec, reasoning),
+                "prompt": trl_prompt(rec, reasoning, family),
                 "completion": [{"role": "assistant", "content": text}],
-                "images": images_column(rec, dataset_dir),
+                "images": images,
             }
         )
     return _rows_dataset(rows)
@@ -157,7 +161,9 @@ def image_boxes(records: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def grpo_dataset(records: list[dict], dataset_dir: str | Path, boxes_of_image: dict | None = None) -> Dataset:
+def grpo_dataset(
+    records: list[dict], dataset_dir: str | Path, boxes_of_image: dict | None = None, family=None
+) -> Dataset:
     """prompt / images rows plus the columns the rewards read (solution, boxes, image_boxes, width,
     height, task).
 
@@ -165,17 +171,26 @@ def grpo_dataset(records: list[dict], dataset_dir: str | Path, boxes_of_image: d
     of the row's image: what a reasoning that surveys the image should cite (rewards.grounded.grounding).
     ``credentialed`` lets recipes/grpo.py keep completion tables of credentialed sources out of
     trackers unless the recipe opts in.
+
+    With a relative-coordinate ``family`` (Qwen3-VL) the reward columns are in its convention
+    (data_prep.families.in_convention: 0-1000 boxes, width = height = 1000), so the rewards compare
+    like with like.
     """
     boxes_of_image = image_boxes(records) if boxes_of_image is None else boxes_of_image
     rows = []
     for rec in records:
+        images = images_column(rec, dataset_dir)
+        img_boxes = boxes_of_image.get(image_key(rec), [])
+        if family is not None and family.relative:
+            img_boxes = scale_box_list(img_boxes, rec["width"], rec["height"], family)
+            rec = in_convention(rec, family)
         rows.append(
             {
-                "prompt": trl_prompt(rec, reasoning=True),
-                "images": images_column(rec, dataset_dir),
+                "prompt": trl_prompt(rec, reasoning=True, family=family),
+                "images": images,
                 "solution": rec["answer"],
                 "boxes": [{"label": b["label"], "box": [float(v) for v in b["box"]]} for b in rec["boxes"]],
-                "image_boxes": boxes_of_image.get(image_key(rec), []),
+                "image_boxes": img_boxes,
                 "width": rec["width"],
                 "height": rec["height"],
                 "task": rec["task"],

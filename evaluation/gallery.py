@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from data_prep.families import from_convention, get_family, in_convention
 from data_prep.io import atomic_write_text, image_paths, read_records
 from data_prep.schema import box_problem
 from evaluation.metrics import answer_boxes, extract_answer, task_group
@@ -156,7 +157,9 @@ def highlight_completion(text: str, record: dict) -> str:
     return "".join(out)
 
 
-def _run_panel(name: str, image_id: str, record: dict, completion: str | None, score: dict | None) -> str:
+def _run_panel(
+    name: str, image_id: str, record: dict, completion: str | None, score: dict | None, family=None
+) -> str:
     from evaluation.metrics import cited_boxes
 
     if completion is None:
@@ -164,6 +167,12 @@ def _run_panel(name: str, image_id: str, record: dict, completion: str | None, s
     answer, source = extract_answer(completion)
     cited = cited_boxes(completion)
     ans_boxes = answer_boxes(answer) if task_group(record["task"]) == "grounding" else []
+    text_record = record
+    if family is not None and family.relative:  # drawn in pixels; checked in the model's 0-1000 frame
+        w, h = record["width"], record["height"]
+        cited = [from_convention(b, w, h, family) for b in cited]
+        ans_boxes = [from_convention(b, w, h, family) for b in ans_boxes]
+        text_record = in_convention(record, family)
     score_txt = ""
     if score and score.get("score") is not None:
         score_txt = f'<span class="score">{html.escape(score["score_name"])} = {score["score"]:.3f}</span>'
@@ -172,7 +181,7 @@ def _run_panel(name: str, image_id: str, record: dict, completion: str | None, s
         f'<div class="run"><h3>{html.escape(name)}</h3>'
         f"{figure_svg(image_id, record, cited, ans_boxes)}"
         f'<div class="answer"><b>answer:</b> {html.escape(answer) or "<i>empty</i>"}{src} {score_txt}</div>'
-        f'<div class="text">{highlight_completion(completion, record)}</div></div>'
+        f'<div class="text">{highlight_completion(completion, text_record)}</div></div>'
     )
 
 
@@ -197,8 +206,10 @@ def render_gallery(
     data_dir: str | Path,
     title: str = "OpenMedix-R1 gallery",
     scores: dict[str, dict[str, dict]] | None = None,
+    families: dict | None = None,
 ) -> str:
-    """HTML for these records; ``runs`` maps run name -> {record id: completion}."""
+    """HTML for these records; ``runs`` maps run name -> {record id: completion}; ``families`` run name ->
+    data_prep.families.Family (a relative-coordinate run's boxes are drawn in pixels)."""
     defs, cards = [], []
     for k, rec in enumerate(records):
         image_id = f"img{k}"
@@ -213,7 +224,14 @@ def render_gallery(
                 f'<image id="{image_id}" width="{rec["width"]}" height="{rec["height"]}" href="{uri}"/>'
             )
         panels = "".join(
-            _run_panel(name, image_id, rec, preds.get(rec["id"]), (scores or {}).get(name, {}).get(rec["id"]))
+            _run_panel(
+                name,
+                image_id,
+                rec,
+                preds.get(rec["id"]),
+                (scores or {}).get(name, {}).get(rec["id"]),
+                (families or {}).get(name),
+            )
             for name, preds in runs.items()
         )
         missing_img = "" if uri else ' <span class="missing">(image file not found)</span>'
@@ -254,12 +272,14 @@ def write_gallery(
     seed: int = 0,
     title: str | None = None,
     scores: dict[str, dict[str, dict]] | None = None,
+    families: dict | None = None,
 ) -> Path:
     """Sample up to n records that every run has a prediction for, render, write atomically."""
     common = [r for r in records if all(r["id"] in preds for preds in runs.values())]
     chosen = sample_records(common, n, seed)
     title = title or f"OpenMedix-R1 gallery: {', '.join(runs)}"
-    atomic_write_text(path, render_gallery(chosen, runs, data_dir, title=title, scores=scores))
+    html_text = render_gallery(chosen, runs, data_dir, title=title, scores=scores, families=families)
+    atomic_write_text(path, html_text)
     return Path(path)
 
 
@@ -279,6 +299,7 @@ def gallery_for_runs(runs: dict[str, str], out_path: str | Path, n: int = 24, se
         n=n,
         seed=seed,
         scores={name: per for name, (_, _, per) in loaded.items()},
+        families={name: get_family(res.get("run", {}).get("family")) for name, (res, _, _) in loaded.items()},
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from data_prep.families import model_family
 from data_prep.io import image_paths
 from data_prep.prompts import build_prompt
 from recipes.vision_tokens import vision_token_ids, vision_tokens
@@ -37,9 +38,9 @@ def load_images(data_dir: str | Path, record: dict) -> list[Image.Image]:
     return out
 
 
-def prompt_text(processor, record: dict, reasoning: bool) -> str:
+def prompt_text(processor, record: dict, reasoning: bool, family=None) -> str:
     return processor.apply_chat_template(
-        build_prompt(record, reasoning), tokenize=False, add_generation_prompt=True
+        build_prompt(record, reasoning, family), tokenize=False, add_generation_prompt=True
     )
 
 
@@ -61,6 +62,7 @@ class TransformersGenerator:
 
         self.torch = torch
         self.data_dir = data_dir
+        self.family = model_family(model_path)  # the box convention its prompts ask for
         self.max_new_tokens = max_new_tokens
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.processor = load_processor(model_path, data_dir, None, None)
@@ -79,7 +81,7 @@ class TransformersGenerator:
         self.suppress = vision_token_ids(self.processor) or None
 
     def generate(self, records: list[dict], reasoning: bool) -> list[str]:
-        texts = [prompt_text(self.processor, r, reasoning) for r in records]
+        texts = [prompt_text(self.processor, r, reasoning, self.family) for r in records]
         images = [im for r in records for im in load_images(self.data_dir, r)]  # in prompt order
         inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(self.device)
         with self.torch.inference_mode():
@@ -122,6 +124,7 @@ class VLLMGenerator:
         from recipes.common import load_processor
 
         self.data_dir = data_dir
+        self.family = model_family(model_path)
         self.processor = load_processor(model_path, data_dir, None, None)  # checks the frame too
         frame = read_frame(data_dir) or {}
         mm_kwargs = {k: frame[k] for k in ("min_pixels", "max_pixels") if k in frame}
@@ -143,7 +146,7 @@ class VLLMGenerator:
     def generate(self, records: list[dict], reasoning: bool) -> list[str]:
         prompts = [
             {
-                "prompt": prompt_text(self.processor, r, reasoning),
+                "prompt": prompt_text(self.processor, r, reasoning, self.family),
                 "multi_modal_data": {"image": _one_or_list(load_images(self.data_dir, r))},
             }
             for r in records

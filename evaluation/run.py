@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_prep.families import FAMILIES, check_family, get_family
 from data_prep.io import atomic_write_text, read_records, write_jsonl
 from data_prep.schema import record_images
 from data_prep.trl_dataset import image_boxes
@@ -88,8 +89,12 @@ def evaluate(
     metrics_only: bool = False,
     progress: bool = True,
     threads: int | None = None,
+    family_name: str | None = None,
 ) -> dict:
-    """Generate what is missing from OUT/predictions.jsonl, then score; returns the results dict."""
+    """Generate what is missing from OUT/predictions.jsonl, then score; returns the results dict.
+
+    The model's family (data_prep.families, from its config) sets the box convention its prompts ask
+    for and the scoring reads; ``family_name`` names it for --metrics-only runs without a model."""
     from evaluation import nlg
     from evaluation.scoring import score_run
 
@@ -106,8 +111,14 @@ def evaluate(
     pred_path = out / PREDICTIONS
     if overwrite:
         pred_path.unlink(missing_ok=True)
+    if model_path:
+        family = check_family(model_path, data_dir)
+    else:  # --metrics-only: the family the predictions were made with
+        old = json.loads((out / RUN_CONFIG).read_text()) if (out / RUN_CONFIG).exists() else {}
+        family = get_family(family_name or old.get("family"))
     config = {
         "name": name or (Path(model_path).name if model_path else out.name),
+        "family": family.name,
         "model": _model_id(model_path),
         "data": str(Path(data_dir).resolve()),
         "split": split,
@@ -172,6 +183,7 @@ def evaluate(
         n_boot=n_boot,
         seed=seed,
         boxes_of_image=boxes_of_image,
+        family=family,
     )
     score_seconds = time.perf_counter() - t0
     results = {
@@ -201,6 +213,7 @@ def evaluate(
             n=gallery,
             seed=seed,
             scores={config["name"]: {row["id"]: row for row in per_sample}},
+            families={config["name"]: family},
         )
     return results
 
@@ -269,6 +282,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="CPU threads for generation (default: 1 for models under 50M parameters, else torch's)",
     )
+    ap.add_argument(
+        "--family",
+        choices=list(FAMILIES),
+        help="--metrics-only without --model: the box convention of the predictions (default: run_config.json)",
+    )
     args = ap.parse_args(argv)
     reasoning = args.reasoning
     if reasoning is None:  # default: on; --metrics-only keeps the prompt mode the predictions were made with
@@ -297,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         overwrite=args.overwrite,
         metrics_only=args.metrics_only,
         threads=args.threads,
+        family_name=args.family,
     )
     print("\n".join(summary_lines(results)))
     print(f"results: {Path(args.out) / RESULTS}")

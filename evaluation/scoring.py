@@ -12,6 +12,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from data_prep.families import in_convention, scale_box_list
 from data_prep.schema import image_key
 from data_prep.trl_dataset import image_boxes
 from evaluation import metrics as M
@@ -60,11 +61,23 @@ def score_run(
     n_boot: int = 1000,
     seed: int = 0,
     boxes_of_image: dict | None = None,
+    family=None,
 ) -> tuple[dict, list[dict]]:
     """(results, per-sample rows). A record without a completion is scored as an empty answer.
 
     ``boxes_of_image`` (image -> every box annotated on it, ``data_prep.trl_dataset.image_boxes`` of the
-    whole split) is what the grounded reward's grounding term checks; default: from ``records``."""
+    whole split) is what the grounded reward's grounding term checks; default: from ``records``.
+    ``family`` (data_prep.families): a relative-coordinate family's completions are scored against the
+    records in its convention (0-1000 boxes), as GRPO rewards them."""
+    if family is not None and family.relative:
+        boxes_of_image = image_boxes(records) if boxes_of_image is None else boxes_of_image
+        boxes_of_image = {
+            image_key(r): scale_box_list(
+                boxes_of_image.get(image_key(r), []), r["width"], r["height"], family
+            )
+            for r in records
+        }
+        records = [in_convention(r, family) for r in records]
     texts = [completions.get(r["id"], "") for r in records]
     missing = sum(1 for r in records if r["id"] not in completions)
     extracted = [M.extract_answer(t) for t in texts]

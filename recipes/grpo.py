@@ -31,7 +31,7 @@ from trl import (
     get_quantization_config,
 )
 
-from data_prep.frame import FACTOR
+from data_prep.families import FamilyMismatch, check_family
 from data_prep.io import image_paths
 from data_prep.prompts import build_prompt
 from data_prep.trl_dataset import grpo_dataset, image_boxes, load_checked_records
@@ -56,6 +56,12 @@ class GRPOScriptArguments:
     min_pixels: int | None = field(default=None, metadata={"help": "default: the dataset's frame.json"})
     max_pixels: int | None = field(default=None, metadata={"help": "default: the dataset's frame.json"})
     skip_bad_rows: bool = False
+    model_family: str | None = field(
+        default=None,
+        metadata={
+            "help": "qwen2.5-vl | qwen3-vl (data_prep.families); checked against the model and the data"
+        },
+    )
     log_credentialed_text: bool = field(
         default=False,
         metadata={
@@ -99,7 +105,9 @@ def prompt_tokens(record: dict, processor, dataset_dir: str | Path = ".") -> int
     for path in image_paths(dataset_dir, record)[1:]:  # further views have their own size
         with Image.open(path) as im:
             sizes.append(im.size)
-    image_tokens = sum((w // FACTOR) * (h // FACTOR) for w, h in sizes)
+    ip = processor.image_processor
+    factor = getattr(ip, "patch_size", 14) * getattr(ip, "merge_size", 2)  # 28 Qwen2.5-VL, 32 Qwen3-VL
+    image_tokens = sum((w // factor) * (h // factor) for w, h in sizes)
     # each image placeholder renders as one token in the text; the model sees its patches instead
     return len(processor.tokenizer(text)["input_ids"]) - len(sizes) + image_tokens
 
@@ -115,6 +123,18 @@ def filter_long_prompts(
             f"every prompt is longer than max_prompt_tokens={budget}; raise it or shrink the images"
         )
     return kept
+
+
+def check_reward_family(reward_funcs: list, family) -> None:
+    """The paper's reward is kept exactly as released: absolute pixels, numbers above 512 penalised. It
+    would score a relative-coordinate family's boxes (0-1000) wrongly, so it refuses to."""
+    paper = [f.__name__ for f in reward_funcs if f.__name__.startswith("paper_")]
+    if paper and family.relative:
+        raise FamilyMismatch(
+            f"the paper reward ({', '.join(paper)}) scores boxes in absolute pixels of a 512 x 512 frame, but "
+            f"{family.name} writes boxes relative to the image (0-1000): it would score them wrongly. "
+            "Use reward_mode: grounded (it reads each family's convention), or a qwen2.5-vl model."
+        )
 
 
 def rollout_plan(n_prompts: int, args: GRPOConfig) -> str:
@@ -161,6 +181,7 @@ def check_vllm_setup(training_args: GRPOConfig, model_args: ModelConfig) -> None
 
 def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig):
     """Processor, checked records, rewards and the GRPOTrainer with its rollout safeguards: (trainer, guard)."""
+    family = check_family(model_args.model_name_or_path, script_args.dataset_path, script_args.model_family)
     processor = load_processor(
         model_args.model_name_or_path,
         script_args.dataset_path,
@@ -180,7 +201,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig, m
     all_records = load_checked_records(
         script_args.dataset_path, script_args.train_split, skip_bad_rows=True, quiet=True
     )
-    train_ds = grpo_dataset(records, script_args.dataset_path, image_boxes(all_records))
+    train_ds = grpo_dataset(records, script_args.dataset_path, image_boxes(all_records), family)
     if (
         training_args.log_completions
         and any(train_ds["credentialed"])
@@ -192,6 +213,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig, m
         )
         training_args.log_completions = False
     reward_funcs = resolve_rewards(script_args, training_args)
+    check_reward_family(reward_funcs, family)
     print(f"GRPO on {len(train_ds)} prompts, {training_args.num_generations} completions each")
     print(rollout_plan(len(train_ds), training_args))
     check_vllm_setup(training_args, model_args)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config, get_quantization_config
 
+from data_prep.families import check_family
 from data_prep.trl_dataset import load_checked_records, sft_dataset
 from recipes.common import end_distributed, last_checkpoint, load_processor, save_final
 
@@ -36,11 +37,18 @@ class SFTScriptArguments:
     min_pixels: int | None = field(default=None, metadata={"help": "default: the dataset's frame.json"})
     max_pixels: int | None = field(default=None, metadata={"help": "default: the dataset's frame.json"})
     skip_bad_rows: bool = False
+    model_family: str | None = field(
+        default=None,
+        metadata={
+            "help": "qwen2.5-vl | qwen3-vl (data_prep.families); checked against the model and the data"
+        },
+    )
     resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint in output_dir"})
     merge_lora: bool = field(default=True, metadata={"help": "LoRA/QLoRA: save the merged model too"})
 
 
 def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
+    family = check_family(model_args.model_name_or_path, script_args.dataset_path, script_args.model_family)
     processor = load_processor(
         model_args.model_name_or_path,
         script_args.dataset_path,
@@ -53,14 +61,15 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
     train = load_checked_records(
         script_args.dataset_path, script_args.train_split, max_samples=script_args.max_train_samples, **load
     )
-    train_ds = sft_dataset(train, script_args.dataset_path, script_args.reasoning)
+    train_ds = sft_dataset(train, script_args.dataset_path, script_args.reasoning, family)
     eval_ds = None
     if training_args.eval_strategy != "no":
         evals = load_checked_records(
             script_args.dataset_path, script_args.eval_split, max_samples=script_args.max_eval_samples, **load
         )
-        eval_ds = sft_dataset(evals, script_args.dataset_path, script_args.reasoning)
-    print(f"SFT on {len(train_ds)} records ({'reasoning' if script_args.reasoning else 'answers'})")
+        eval_ds = sft_dataset(evals, script_args.dataset_path, script_args.reasoning, family)
+    mode = "reasoning" if script_args.reasoning else "answers"
+    print(f"SFT on {len(train_ds)} records ({mode}; {family.name}, {family.boxes} boxes)")
 
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),

@@ -97,7 +97,12 @@ def test_converter_records_and_ledger(converted):
     assert saved["rejected_by_reason"].get("no findings/impression", 0) == n_no_sections
     rejects = [json.loads(line) for line in (tmp / "out" / "rejects.jsonl").read_text().splitlines()]
     assert len(rejects) == saved["rejected"] and all(r["reason"] and r["where"] for r in rejects)
-    assert read_frame(tmp / "out") == {"min_pixels": 3136, "max_pixels": 262144, "factor": 28}
+    assert read_frame(tmp / "out") == {
+        "min_pixels": 3136,
+        "max_pixels": 262144,
+        "factor": 28,
+        "family": "qwen2.5-vl",
+    }
 
     assert {r["source"] for r in recs} == {"mimic-cxr"}
     assert {r["split"] for r in recs} <= {"train", "validation", "test"}

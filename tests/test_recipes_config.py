@@ -22,7 +22,23 @@ DEMO = ROOT / "recipes" / "demo"
 ACCEL = ROOT / "recipes" / "accelerate"
 SBATCH = ROOT / "recipes" / "slurm" / "grpo_multinode.sbatch"
 SERVE = ROOT / "recipes" / "vllm_serve.sh"
-RECIPES = sorted([*SEVEN_B.glob("*.yaml"), *DEMO.glob("*.yaml")])
+# Other sizes and families (data_prep.families): folder -> (model id, model_family, recipes)
+FAMILY_FOLDERS = {
+    "qwen2.5-vl-3b": (
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+        "qwen2.5-vl",
+        {"sft", "sft-lora", "coldstart", "grpo-grounded"},
+    ),
+    "qwen2.5-vl-32b": (
+        "Qwen/Qwen2.5-VL-32B-Instruct",
+        "qwen2.5-vl",
+        {"sft", "sft-lora", "coldstart", "grpo-lora"},
+    ),
+    "qwen3-vl-8b": ("Qwen/Qwen3-VL-8B-Instruct", "qwen3-vl", {"sft", "coldstart", "grpo-grounded"}),
+    "qwen3-vl-2b": ("Qwen/Qwen3-VL-2B-Instruct", "qwen3-vl", {"sft", "coldstart", "grpo-grounded"}),
+}
+FAMILY_RECIPES = sorted(p for f in FAMILY_FOLDERS for p in (ROOT / "recipes" / f).glob("*.yaml"))
+RECIPES = sorted([*SEVEN_B.glob("*.yaml"), *DEMO.glob("*.yaml"), *FAMILY_RECIPES])
 GRPO_7B = sorted(SEVEN_B.glob("grpo*.yaml"))
 EXPECTED_7B = {"sft", "sft-lora", "coldstart", "grpo", "grpo-grounded", "grpo-server", "grpo-lora"}
 
@@ -62,6 +78,29 @@ def parse(path: Path, *extra: str):
 def test_recipe_folders_hold_every_recipe():
     assert {p.stem for p in SEVEN_B.glob("*.yaml")} == EXPECTED_7B
     assert {p.stem for p in DEMO.glob("*.yaml")} >= {"sft", "coldstart", "grpo"}
+    for folder, (_, _, names) in FAMILY_FOLDERS.items():
+        assert {p.stem for p in (ROOT / "recipes" / folder).glob("*.yaml")} == names, folder
+
+
+@pytest.mark.parametrize("folder", sorted(FAMILY_FOLDERS))
+def test_family_recipes_name_their_family_and_chain(folder):
+    from data_prep.families import get_family
+
+    model_id, family, _ = FAMILY_FOLDERS[folder]
+    cfgs = {p.stem: load(p) for p in (ROOT / "recipes" / folder).glob("*.yaml")}
+    fam = get_family(family)
+    for name, cfg in cfgs.items():
+        assert cfg["model_family"] == family, name
+        assert cfg["output_dir"].startswith(f"outputs/{folder}/"), name
+        assert cfg["max_pixels"] == 262144 and cfg["min_pixels"] == fam.min_pixels, name
+    stage1 = next(c for n, c in cfgs.items() if n.startswith("sft"))
+    assert stage1["model_name_or_path"] == model_id
+    assert cfgs["coldstart"]["model_name_or_path"] == f"outputs/{folder}/sft"
+    grpo = next(c for n, c in cfgs.items() if n.startswith("grpo"))
+    assert grpo["model_name_or_path"] == f"outputs/{folder}/coldstart"
+    if fam.relative:  # the paper's reward refuses relative coordinates (recipes.grpo.check_reward_family)
+        assert grpo["reward_mode"] == "grounded"
+    assert len({c["output_dir"] for c in cfgs.values()}) == len(cfgs)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -19,7 +19,7 @@ Reads JSON / JSONL / Parquet / CSV / TSV rows and, per the config:
   meta:      record meta key -> candidate columns (e.g. question_type, which VQA metrics group by)
   image_root: folder that relative image paths are relative to (default: the input's folder;
              --image-root overrides)
-  frame:     {min_pixels, max_pixels}: each image is converted once into the model frame
+  frame:     {min_pixels, max_pixels, family}: each image is converted once into the model frame
              (data_prep.images, cached) and stored under OUT/images; null keeps the original
              files and reads their size (then the processor resizes at run time and
              reasoning boxes are checked against the original size)
@@ -46,6 +46,7 @@ from pathlib import Path
 
 import yaml
 
+from data_prep.families import get_family
 from data_prep.frame import scale_box, write_frame
 from data_prep.io import RECORDS, Ledger, write_jsonl
 from data_prep.schema import IMAGE_TOKEN, LIST_SEP, SPLITS, TASKS, RecordError, make_record
@@ -448,7 +449,10 @@ def adapt(
     flat: list = []
     with tqdm(total=len(jobs), desc="images", unit="img", disable=not progress) as bar:
         if frame:
-            with ImagePool(int(frame["min_pixels"]), int(frame["max_pixels"]), workers=workers) as pool:
+            fam = get_family(frame.get("family"))
+            with ImagePool(
+                int(frame["min_pixels"]), int(frame["max_pixels"]), workers, factor=fam.factor
+            ) as pool:
                 flat = pool.convert(jobs, progress=bar)
         else:
             from PIL import Image
@@ -507,7 +511,8 @@ def adapt(
 
     ledger.written = write_jsonl(out / RECORDS, records)
     if frame:
-        write_frame(out, int(frame["min_pixels"]), int(frame["max_pixels"]))
+        fam = get_family(frame.get("family"))
+        write_frame(out, int(frame["min_pixels"]), int(frame["max_pixels"]), fam.factor, fam.name)
     ledger.extra = {
         "input": str(input_path),
         "records_per_task": _counts(r["task"] for r in records),

@@ -33,6 +33,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from data_prep.families import DEFAULT_FAMILY, FAMILIES, get_family
 from data_prep.frame import PAPER_MAX_PIXELS, QWEN_MIN_PIXELS, read_frame, write_frame
 from data_prep.images import ImageError, ImageInfo, ImagePool
 from data_prep.io import RECORDS, Ledger
@@ -91,6 +92,12 @@ def parser_for(source: str, description: str | None) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--min-pixels", type=int, default=QWEN_MIN_PIXELS, help="processor min_pixels")
     p.add_argument("--max-pixels", type=int, default=PAPER_MAX_PIXELS, help="processor max_pixels")
+    p.add_argument(
+        "--family",
+        choices=list(FAMILIES),
+        default=DEFAULT_FAMILY,
+        help="model family (its image side multiple)",
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="image worker processes")
     p.add_argument("--limit", type=int, default=None, help="convert only the first N images (units)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -123,12 +130,18 @@ def run(
     limit: int | None = None,
     progress: bool = True,
     total: int | None = None,
+    family: str | None = None,
 ) -> Ledger:
     """Convert ``units`` into OUT (records.jsonl, images/, frame.json, ledger.json, rejects.jsonl)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    fam = get_family(family)
     old = read_frame(out)
-    if old and (old["min_pixels"], old["max_pixels"]) != (min_pixels, max_pixels):
+    if old and (old["min_pixels"], old["max_pixels"], old.get("factor")) != (
+        min_pixels,
+        max_pixels,
+        fam.factor,
+    ):
         print(f"note: {out} was prepared for another frame ({old}); its images will be converted again")
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     if limit is not None:
@@ -173,7 +186,7 @@ def run(
                 splits[rec["split"]] += 1
 
     try:
-        with ImagePool(min_pixels, max_pixels, workers) as pool:
+        with ImagePool(min_pixels, max_pixels, workers, factor=fam.factor) as pool:
             it = iter(units)
             pending = None  # (units, handle): the batch the workers are converting
             while True:
@@ -194,7 +207,7 @@ def run(
         raise
     finally:
         bar.close()
-    write_frame(out, min_pixels, max_pixels)
+    write_frame(out, min_pixels, max_pixels, fam.factor, fam.name)
     seconds = time.perf_counter() - t0
     cpu = [round(b - a, 2) for a, b in zip(cpu0, cpu_seconds())]  # workers: counted once they exit
     ledger.written = writer.count
@@ -240,4 +253,5 @@ def main(module, argv: list[str] | None = None) -> Ledger:
         limit=args.limit,
         progress=not args.no_progress,
         total=total,
+        family=args.family,
     )

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import yaml
 
-from data_prep.frame import PAPER_MAX_PIXELS, QWEN_MIN_PIXELS, read_frame, write_frame
+from data_prep.families import DEFAULT_FAMILY, FAMILIES
+from data_prep.frame import FACTOR, PAPER_MAX_PIXELS, QWEN_MIN_PIXELS, read_frame, write_frame
 from data_prep.io import RECORDS, atomic_write_text, image_paths, read_records
 from data_prep.prompts import REASONING_INSTRUCTION
 from data_prep.schema import IMAGE_TOKEN, SPLITS, is_credentialed, record_images
@@ -126,7 +127,9 @@ def export(
         counts[split] = len(rows)
     atomic_write_text(out / FORMAT_PROMPT, format_prompt())
     if frame:
-        write_frame(out, frame["min_pixels"], frame["max_pixels"])
+        write_frame(
+            out, frame["min_pixels"], frame["max_pixels"], frame.get("factor", FACTOR), frame.get("family")
+        )
     credentialed = sorted({r["source"] for r in records if is_credentialed(r["source"])})
     if progress:
         print(f"EasyR1 dataset in {out}: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
@@ -204,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     im.add_argument("--frame-from", help="dataset folder whose frame.json to convert images into")
     im.add_argument("--min-pixels", type=int, default=QWEN_MIN_PIXELS)
     im.add_argument("--max-pixels", type=int, default=PAPER_MAX_PIXELS)
+    im.add_argument(
+        "--family", choices=list(FAMILIES), default=DEFAULT_FAMILY, help="model family of the frame"
+    )
     im.add_argument("--image-root", help="folder relative image paths start from (default: the input's)")
     im.add_argument("--workers", type=int, default=1)
     args = ap.parse_args(argv)
@@ -216,8 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             if frame is None:
                 raise SystemExit(f"--frame-from {args.frame_from}: no frame.json there")
         else:
-            frame = {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels}
-        frame = {k: frame[k] for k in ("min_pixels", "max_pixels")}
+            frame = {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "family": args.family}
+        frame = {k: frame[k] for k in ("min_pixels", "max_pixels", "family") if k in frame}
         import_file(args.input, args.out, args.source, args.split, frame, args.image_root, args.workers)
     except (FileNotFoundError, ValueError, yaml.YAMLError) as e:
         raise SystemExit(f"easyr1 {args.cmd}: {e}") from None
