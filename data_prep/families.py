@@ -73,7 +73,13 @@ def model_family(model_path: str | Path) -> Family:
     """The family of a local model folder or hub id, from its config's ``model_type``."""
     from transformers import AutoConfig
 
-    model_type = AutoConfig.from_pretrained(str(model_path)).model_type
+    try:
+        model_type = AutoConfig.from_pretrained(str(model_path)).model_type
+    except OSError as e:  # a missing folder, or a hub id not in the offline cache
+        raise SystemExit(
+            f"cannot read the model config of {model_path}: {str(e).splitlines()[0]}\n"
+            "Give a local model folder (the demo's: `make tiny-model`) or a hub id you have downloaded."
+        ) from None
     family = family_of_model_type(model_type)
     if family is None:
         raise SystemExit(

@@ -205,7 +205,7 @@ def test_placeholders_inside_the_text_become_image_items_at_their_place():
 # ---------------------------------------------------------------- broken JSON lines
 
 
-def test_a_broken_json_line_is_a_bad_row(phantom_dir, tmp_path):
+def test_a_broken_json_line_is_a_bad_row(phantom_dir, tiny_dir, tmp_path):
     data = tmp_path / "torn"
     data.mkdir()
     (data / "images").symlink_to(phantom_dir / "images")
@@ -221,7 +221,7 @@ def test_a_broken_json_line_is_a_bad_row(phantom_dir, tmp_path):
     assert len(good) == len(load_checked_records(phantom_dir, "train"))
 
     proc = run_module(
-        "recipes.sft", "--config", "recipes/demo/sft.yaml", "--dataset_path", data,
+        "recipes.sft", "--config", "recipes/demo/sft.yaml", "--dataset_path", data, "--model_name_or_path", tiny_dir,
         "--output_dir", tmp_path / "o", "--max_steps", "1", check=False,
     )  # fmt: skip
     assert proc.returncode != 0
@@ -237,3 +237,12 @@ def test_a_recipe_taking_one_image_refuses_multi_image_records_with_a_count(tmp_
     with pytest.raises(BadRowsError, match=r"too many images: 2 \(this recipe takes at most 1\)"):
         load_checked_records(two, "train", max_images=1)
     assert np.all([len(record_images(r)) == 2 for r in load_checked_records(two, "train")])
+
+
+def test_a_missing_model_folder_is_a_clear_error(phantom_dir, tmp_path):
+    proc = run_module(
+        "recipes.sft", "--config", "recipes/demo/sft.yaml", "--dataset_path", phantom_dir,
+        "--model_name_or_path", tmp_path / "no-such-model", "--output_dir", tmp_path / "o", check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "cannot read the model config of" in proc.stderr
+    assert "make tiny-model" in proc.stderr and "Traceback" not in proc.stderr
