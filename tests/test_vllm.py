@@ -217,3 +217,35 @@ def test_eval_vllm_backend_gives_the_transformers_predictions(opinionated_dir, p
     assert len(v) == 16 and v == t
     assert len(set(v.values())) > 1
     assert json.loads((tmp_path / "v" / "results.json").read_text())  # scored like any other run
+
+
+# --- the tiny Qwen3-VL (model_family qwen3-vl: sides x 32, 0-1000 boxes) on the same vLLM paths ---
+
+QWEN3_SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory):
+    from data_prep.phantom import generate
+    from recipes.tiny_model import build_tiny_model
+
+    root = tmp_path_factory.mktemp("q3vllm")
+    data = root / "phantom"
+    generate(24, data, seed=7, size=QWEN3_SIZE, progress=False, family="qwen3-vl")
+    tiny = build_tiny_model(root / "tiny", size=QWEN3_SIZE, hidden=128, layers=2, family="qwen3-vl")
+    return data, save_variant(tiny, root / "tiny-op", lambda m: reinit(m, 1))
+
+
+def test_qwen3_grpo_trains_with_colocated_vllm(qwen3, tmp_path):
+    data, model = qwen3
+    proc = vllm_run(
+        "recipes.grpo",
+        *demo_grpo(model, data, tmp_path / "g", "--use_vllm", "true", "--vllm_mode", "colocate"),
+        *["--max_steps", "2", "--max_completion_length", "24", "--logging_steps", "1"],
+        *["--save_strategy", "no", "--disable_tqdm", "true"],
+    )
+    log = proc.stdout + proc.stderr
+    logged = rows(log)
+    assert len(logged) == 2 and all("sampling/sampling_logp_difference/mean" in r for r in logged)
+    assert "vLLM guard: 17 rollout prompts checked, image tokens as sent" in log  # probe + 2 x 8
+    assert "Traceback" not in log
