@@ -31,8 +31,7 @@ class Family:
     patch_size: int
     merge_size: int
     boxes: str  # "absolute" (pixels of the resized image) or "relative" (0-1000)
-    min_pixels: int
-    sizes: str  # the sizes with recipes here, for the README's table and error messages
+    min_pixels: int  # the processor's default
 
     @property
     def factor(self) -> int:
@@ -45,9 +44,9 @@ class Family:
 
 
 FAMILIES = {
-    "qwen2.5-vl": Family("qwen2.5-vl", ("qwen2_5_vl",), 14, 2, "absolute", QWEN_MIN_PIXELS, "3B, 7B, 32B"),
+    "qwen2.5-vl": Family("qwen2.5-vl", ("qwen2_5_vl",), 14, 2, "absolute", QWEN_MIN_PIXELS),
     # Qwen3-VL's processor default min_pixels is 256 x 256 (its preprocessor_config: shortest_edge 65536)
-    "qwen3-vl": Family("qwen3-vl", ("qwen3_vl",), 16, 2, "relative", 256 * 256, "2B, 4B, 8B, 32B"),
+    "qwen3-vl": Family("qwen3-vl", ("qwen3_vl",), 16, 2, "relative", 256 * 256),
 }
 DEFAULT_FAMILY = "qwen2.5-vl"
 assert FAMILIES[DEFAULT_FAMILY].factor == FACTOR

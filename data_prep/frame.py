@@ -60,6 +60,12 @@ def write_frame(
     tmp.replace(path)
 
 
+def frame_rule(frame: dict) -> tuple[int, int, int]:
+    """(min_pixels, max_pixels, factor): what decides the resize (``family`` only names it; frames
+    written before families existed lack the factor, which was then always 28)."""
+    return frame["min_pixels"], frame["max_pixels"], frame.get("factor", FACTOR)
+
+
 def read_frame(dataset_dir: str | Path) -> dict | None:
     path = Path(dataset_dir) / "frame.json"
     return json.loads(path.read_text()) if path.exists() else None

@@ -50,10 +50,6 @@ def user_content(text: str, n_images: int) -> list[dict]:
     return items
 
 
-def has_placeholders(record: dict) -> bool:
-    return IMAGE_TOKEN in record["question"]
-
-
 def build_prompt(record: dict, reasoning: bool, family=None) -> list[dict]:
     """The user turn: the image(s), then the question (plus the reasoning instruction, in the box
     convention of ``family``, a data_prep.families.Family; None: Qwen2.5-VL's absolute pixels)."""

@@ -37,14 +37,12 @@ def load_checked_records(
     max_samples: int | None = None,
     skip_bad_rows: bool = False,
     quiet: bool = False,
-    max_images: int | None = None,
 ) -> list[dict]:
     """Records of one split that are safe to train on; bad rows raise (or are skipped, counted; ``quiet``
     skips without saying so, for a second read whose bad rows the first already reported).
 
     A line that is not valid JSON (a writer killed mid-line) is a bad row too; its split is unknown,
-    so it counts in every split's read. ``max_images``: a recipe that takes fewer images per record
-    refuses records with more (a bad row naming the count), never drops their extra images.
+    so it counts in every split's read.
     """
     dataset_dir = Path(dataset_dir)
     file = dataset_dir / RECORDS
@@ -69,10 +67,6 @@ def load_checked_records(
         missing = [p for p in image_paths(dataset_dir, rec) if not p.exists()]
         if missing:
             bad.append((where, f"image file not found: {missing[0]}"))
-            continue
-        n_images = len(record_images(rec))
-        if max_images is not None and n_images > max_images:
-            bad.append((where, f"too many images: {n_images} (this recipe takes at most {max_images})"))
             continue
         if need_reasoning and not (rec.get("reasoning") or "").strip():
             bad.append((where, "no reasoning (the cold-start stage needs the `reasoning` field)"))
@@ -181,7 +175,7 @@ def grpo_dataset(
     for rec in records:
         images = images_column(rec, dataset_dir)
         img_boxes = boxes_of_image.get(image_key(rec), [])
-        if family is not None and family.relative:
+        if family is not None:  # absolute families: unchanged
             img_boxes = scale_box_list(img_boxes, rec["width"], rec["height"], family)
             rec = in_convention(rec, family)
         rows.append(

@@ -6,7 +6,6 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -227,16 +226,6 @@ def test_a_broken_json_line_is_a_bad_row(phantom_dir, tiny_dir, tmp_path):
     assert proc.returncode != 0
     assert "records.jsonl:4: not valid JSON" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-
-
-def test_a_recipe_taking_one_image_refuses_multi_image_records_with_a_count(tmp_path, phantom_dir):
-    from data_prep.phantom import generate
-
-    two = tmp_path / "two"
-    generate(4, two, seed=1, size=112, progress=False, views=2)
-    with pytest.raises(BadRowsError, match=r"too many images: 2 \(this recipe takes at most 1\)"):
-        load_checked_records(two, "train", max_images=1)
-    assert np.all([len(record_images(r)) == 2 for r in load_checked_records(two, "train")])
 
 
 def test_a_missing_model_folder_is_a_clear_error(phantom_dir, tmp_path):

@@ -34,7 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from data_prep.families import DEFAULT_FAMILY, FAMILIES, get_family
-from data_prep.frame import PAPER_MAX_PIXELS, QWEN_MIN_PIXELS, read_frame, write_frame
+from data_prep.frame import PAPER_MAX_PIXELS, QWEN_MIN_PIXELS, frame_rule, read_frame, write_frame
 from data_prep.images import ImageError, ImageInfo, ImagePool
 from data_prep.io import RECORDS, Ledger
 from data_prep.schema import RecordError, validate_record
@@ -137,11 +137,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     fam = get_family(family)
     old = read_frame(out)
-    if old and (old["min_pixels"], old["max_pixels"], old.get("factor")) != (
-        min_pixels,
-        max_pixels,
-        fam.factor,
-    ):
+    if old and frame_rule(old) != (min_pixels, max_pixels, fam.factor):
         print(f"note: {out} was prepared for another frame ({old}); its images will be converted again")
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     if limit is not None:

@@ -57,7 +57,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from data_prep.frame import read_frame
+from data_prep.frame import frame_rule, read_frame
 from data_prep.io import (
     RECORDS,
     Ledger,
@@ -378,10 +378,7 @@ def copy_frame(data_dir: Path, out_dir: Path) -> None:
     src, dst = read_frame(data_dir), read_frame(out_dir)
     if src is None:
         return
-    keys = ("min_pixels", "max_pixels", "factor")  # "family" names the same rule (older frames lack it)
-    if dst is not None and any(
-        dst.get(k, 28 if k == "factor" else None) != src.get(k, 28 if k == "factor" else None) for k in keys
-    ):
+    if dst is not None and frame_rule(dst) != frame_rule(src):
         raise SystemExit(
             f"{out_dir}/frame.json ({dst}) differs from {data_dir}/frame.json ({src}): the boxes of "
             "the two would not share a frame. Use another --out."

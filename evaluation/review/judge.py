@@ -32,6 +32,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from data_prep.schema import is_credentialed
+from data_prep.synthesis.coldstart import render
 from data_prep.synthesis.teacher import ChatEndpoint, EndpointStop, RequestFailed, is_local_url
 from evaluation.metrics import answer_boxes, cited_boxes, extract_answer, task_group
 from evaluation.review import db
@@ -67,16 +68,6 @@ def load_templates(folder: str | Path = TEMPLATE_DIR) -> dict[str, string.Templa
     return {n: string.Template((Path(folder) / f"judge_{n}.txt").read_text()) for n in ("system", "user")}
 
 
-def _render(template: string.Template, values: dict) -> str:
-    try:
-        return template.substitute(values).strip()
-    except (KeyError, ValueError) as e:
-        raise StudyError(
-            f"a judge template uses an unknown placeholder {e} (known: {', '.join('$' + k for k in values)}; "
-            "write a literal dollar sign as $$)"
-        ) from None
-
-
 def judge_messages(item: dict, text_a: str, text_b: str, show_truth: bool, templates: dict) -> list[dict]:
     """The chat request for one order: A = ``text_a`` (left in a reviewer's terms), B = ``text_b``."""
     image = json.loads(item["images"])[0]
@@ -99,7 +90,7 @@ def judge_messages(item: dict, text_a: str, text_b: str, show_truth: bool, templ
         "response_b": text_b,
     }
     return [
-        {"role": "system", "content": _render(templates["system"], values)},
+        {"role": "system", "content": render(templates["system"], values)},
         {
             "role": "user",
             "content": [
@@ -107,7 +98,7 @@ def judge_messages(item: dict, text_a: str, text_b: str, show_truth: bool, templ
                 {"type": "image_url", "image_url": {"url": overlay(text_a)}},
                 {"type": "text", "text": "Image 2 (Response B's boxes):"},
                 {"type": "image_url", "image_url": {"url": overlay(text_b)}},
-                {"type": "text", "text": _render(templates["user"], values)},
+                {"type": "text", "text": render(templates["user"], values)},
             ],
         },
     ]
