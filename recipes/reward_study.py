@@ -6,7 +6,7 @@ The released DeepMedix-R1 coordinate term pays +0.05 per box in the think block 
 points (rewards/paper.py); the grounded reward pays boxes only for being valid in the frame and
 for matching the true findings (rewards/grounded.py). Does RL with the paper's reward learn to cite
 more boxes without citing better ones? From one cold-start checkpoint this runs the demo's GRPO
-recipe (recipes/demo/grpo.yaml with STUDY_SCHEDULE: a schedule that moves the policy) once per reward and seed, evaluates
+recipe (recipes/demo/grpo.yaml as it is: 8 prompts x 4 completions, lr 5e-5, 100 steps) once per reward and seed, evaluates
 every checkpoint (and the cold start) on validation, and writes into --out:
 
   study.md / study.json   per run: boxes per completion, valid-box rate, cited-box IoU, grounding
@@ -32,11 +32,6 @@ from recipes.demo import grpo_history
 from recipes.demo_seeds import cell, evaluate
 from rewards import REWARD_SETS
 
-# The demo's 20 steps at lr 1e-5 barely move the policy; the study uses a schedule that does
-# (docs/demo-notes.md): 2 prompts x 8 completions per step, lr 5e-5, 100 steps.
-STUDY_SCHEDULE = ["--num_generations", "8", "--per_device_train_batch_size", "16", "--learning_rate", "5e-5"]
-STUDY_STEPS = 100
-
 METRICS = {
     "reasoning/boxes_per_answer": "boxes / completion",
     "reasoning/valid_box_rate": "valid-box rate",
@@ -58,15 +53,7 @@ def train(mode: str, seed: int, coldstart: Path, data: Path, out: Path, steps: i
     cmd += ["--model_name_or_path", str(coldstart), "--dataset_path", str(data), "--output_dir", str(out)]
     cmd += ["--reward_mode", mode, "--reward_funcs", *names]
     cmd += ["--reward_weights", *(str(REWARD_SETS[mode][n]) for n in names)]
-    cmd += [
-        "--seed",
-        str(seed),
-        "--report_to",
-        "none",
-        *STUDY_SCHEDULE,
-        "--max_steps",
-        str(steps or STUDY_STEPS),
-    ]
+    cmd += ["--seed", str(seed), "--report_to", "none", *(["--max_steps", str(steps)] if steps else [])]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -117,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--data", default="outputs/phantom")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=None, help="GRPO steps (default: STUDY_STEPS)")
+    ap.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the recipe's max_steps)")
     ap.add_argument("--val-limit", type=int, default=None, help="validation records (default: all)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", default="outputs/reward-study")

@@ -10,8 +10,8 @@ import pytest
 from data_prep import phantom
 from data_prep.io import read_records
 from data_prep.synthesis import coldstart
-from data_prep.synthesis.offline_teacher import offline_completion, offline_reasoning
-from rewards.parsing import find_boxes
+from data_prep.synthesis.offline_teacher import offline_completion, offline_reasoning, parse_unboxed
+from rewards.parsing import find_boxes, format_box
 
 
 def test_offline_teacher_keeps_every_phantom_record(tmp_path):
@@ -108,3 +108,60 @@ def test_survey_falls_back_for_records_without_findings():
     assert find_boxes(offline_completion(rec, "survey")) == [[10.0, 10.0, 30.0, 30.0]]
     with pytest.raises(ValueError, match="unknown offline teacher style"):
         offline_completion(rec, "essay")
+
+
+def test_unboxed_findings_are_named_without_a_box_unless_asked(tmp_path):
+    """--offline-unboxed: the listed findings lose their box at the given rate, per study (every
+    question about a study reads the same), never when the question is about them; other findings,
+    answers and the records' boxes are untouched; the ledger records the setting."""
+    data, out = tmp_path / "phantom", tmp_path / "coldstart"
+    phantom.generate(40, data, seed=4, size=112, progress=False)
+    argv = ["--data", str(data), "--out", str(out), "--teacher", "offline", "--offline-style", "survey"]
+    assert coldstart.main(argv + ["--offline-unboxed", "cardiomegaly=0.5"]) == 0
+    assert json.loads((out / "ledger.json").read_text())["offline_unboxed"] == {"cardiomegaly": 0.5}
+    kept = {r["id"]: r for r in read_records(out, "train")}
+    per_study, asked = {}, 0
+    for src in read_records(data, "train"):
+        read, meta = kept[src["id"]]["reasoning"], src["meta"]
+        assert kept[src["id"]]["boxes"] == src["boxes"] and kept[src["id"]]["answer"] == src["answer"]
+        for f in meta["findings"]:
+            boxed = (
+                f"{' '.join(w.capitalize() for w in f['label'].split())}" in read
+                and format_box(f["box"]) in read
+            )
+            if f["name"] != "cardiomegaly":
+                assert boxed
+            elif meta.get("target") == "cardiomegaly" and meta["question_type"] in (
+                "presence",
+                "location",
+                "grounding",
+            ):
+                assert "Cardiomegaly (asked) [" in read
+                asked += 1
+            else:
+                per_study.setdefault(src["study_id"], set()).add(boxed)
+    assert asked > 0
+    assert all(len(v) == 1 for v in per_study.values())  # the same choice for every question of a study
+    unboxed = sum(not next(iter(v)) for v in per_study.values())
+    assert 0 < unboxed < len(per_study)  # about half of the studies with cardiomegaly
+    # rate 0 reads exactly as the default teacher; rate 1 never boxes an unasked cardiomegaly
+    study = next(
+        s
+        for s in read_records(data, "train")
+        if s["meta"].get("target") != "cardiomegaly"
+        and any(f["name"] == "cardiomegaly" for f in s["meta"]["findings"])
+    )
+    assert offline_completion(study, "survey", {"cardiomegaly": 0.0}) == offline_completion(study, "survey")
+    heart = format_box(next(f["box"] for f in study["meta"]["findings"] if f["name"] == "cardiomegaly"))
+    assert heart in offline_completion(study, "survey")
+    assert heart not in offline_completion(study, "survey", {"cardiomegaly": 1.0})
+
+
+@pytest.mark.parametrize("spec", ["cardiomegaly", "cardiomegaly=1.5", "=0.5", "nodule=x"])
+def test_unboxed_spec_errors_name_the_item(spec):
+    with pytest.raises(ValueError, match="is not NAME=RATE"):
+        parse_unboxed(spec)
+    assert parse_unboxed("Cardiomegaly=0.67, pleural effusion=1") == {
+        "cardiomegaly": 0.67,
+        "pleural effusion": 1.0,
+    }

@@ -20,7 +20,7 @@ REWARDS = ("answer", "format", "coordinate", "grounding")
 def grpo_args(model, data, out, *extra):
     return [
         "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", model, "--dataset_path", data,
-        "--output_dir", out, "--disable_tqdm", "true", "--max_completion_length", "24", "--logging_steps", "1",
+        "--output_dir", out, "--per_device_train_batch_size", "8", "--disable_tqdm", "true", "--max_completion_length", "24", "--logging_steps", "1",
         *extra,
     ]  # fmt: skip
 

@@ -62,7 +62,7 @@ def test_two_view_study_trains_with_sft_and_grpo_and_is_evaluated(two_views, tin
     grpo = tmp_path / "grpo"
     proc = run_module(
         "recipes.grpo", "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", sft,
-        "--dataset_path", two_views, "--output_dir", grpo, "--max_steps", "2", "--save_strategy", "no",
+        "--dataset_path", two_views, "--output_dir", grpo, "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_strategy", "no",
         "--max_completion_length", "24", "--logging_steps", "1", "--disable_tqdm", "true", "--report_to", "none",
     )  # fmt: skip
     assert "rewards/grounding/mean" in proc.stdout + proc.stderr

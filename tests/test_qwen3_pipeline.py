@@ -49,7 +49,7 @@ def test_qwen3_trains_through_every_stage_and_is_evaluated(qwen3):
     grpo = root / "grpo"
     proc = run_module(
         "recipes.grpo", "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", cold, "--dataset_path", data,
-        "--output_dir", grpo, "--max_steps", "2", "--save_strategy", "no", "--max_completion_length", "24",
+        "--output_dir", grpo, "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_strategy", "no", "--max_completion_length", "24",
         "--logging_steps", "1", "--disable_tqdm", "true", "--report_to", "none",
     )  # fmt: skip
     assert "rewards/grounding/mean" in proc.stdout + proc.stderr

@@ -48,7 +48,7 @@ def demo_grpo(model, data, out, *extra) -> list:
     """recipes/demo/grpo.yaml on the given model and data, tracker off, plus ``extra`` flags."""
     return [
         "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", model, "--dataset_path", data,
-        "--output_dir", out, "--report_to", "none", *extra,
+        "--output_dir", out, "--report_to", "none", "--per_device_train_batch_size", "8", *extra,
     ]  # fmt: skip
 
 

@@ -69,7 +69,7 @@ from data_prep.io import (
     write_jsonl,
 )
 from data_prep.schema import is_credentialed, validate_record
-from data_prep.synthesis.offline_teacher import STYLES, offline_completion
+from data_prep.synthesis.offline_teacher import STYLES, offline_completion, parse_unboxed
 from data_prep.synthesis.teacher import (
     ChatEndpoint,
     EndpointStop,
@@ -307,6 +307,7 @@ class Job:
     request_params: dict = field(default_factory=dict)
     image_detail: str = "high"
     offline_style: str = "per-question"
+    offline_unboxed: dict = field(default_factory=dict)
 
     def teacher_request(self, record: dict) -> dict:
         urls = [image_data_url(p) for p in image_paths(self.data_dir, record)]
@@ -334,7 +335,7 @@ class Job:
             return out
         try:
             if self.teacher is None:
-                text, finish = offline_completion(record, self.offline_style), "stop"
+                text, finish = offline_completion(record, self.offline_style, self.offline_unboxed), "stop"
             else:
                 reply = self.teacher.complete(self.teacher_request(record)["messages"], **self.request_params)
                 text, finish = reply.text, reply.finish_reason
@@ -456,6 +457,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="per-question",
         help="offline teacher: 'survey' reads the whole study first (phantom records), then answers; "
         "'per-question' cites only the question's boxes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--offline-unboxed",
+        type=parse_unboxed,
+        default={},
+        metavar="NAME=RATE,...",
+        help="survey style: name these findings without their box at RATE per study unless asked about, "
+        "as a teacher that localises only what it was asked (the demo: 'cardiomegaly=0.67,pleural "
+        "effusion=0.67'); answers and the records' boxes stay exact",
     )
     p.add_argument("--base-url", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
     p.add_argument("--model", help="teacher model (Azure: the deployment name)")
@@ -700,6 +710,7 @@ def run(args, records: list[dict], data_dir: Path, out_dir: Path) -> int:
         templates=Templates.load(Path(args.templates)),
         teacher_name=args.model if args.teacher == "openai" else "offline",
         offline_style=args.offline_style,
+        offline_unboxed=args.offline_unboxed,
         request_params={"temperature": args.temperature, "max_completion_tokens": args.max_tokens},
         image_detail=args.image_detail,
     )
@@ -724,6 +735,11 @@ def run(args, records: list[dict], data_dir: Path, out_dir: Path) -> int:
     ledger.extra.update(
         {
             "teacher": job.teacher_name,
+            **(
+                {"offline_style": job.offline_style, "offline_unboxed": job.offline_unboxed}
+                if not job.teacher
+                else {}
+            ),
             "base_url": args.base_url if job.teacher else None,
             "judge": args.judge_model,
             "already_kept": sum(r["id"] in kept_before for r in records),

@@ -127,7 +127,7 @@ def _title(label: str) -> str:
     return " ".join(w.capitalize() for w in label.split())
 
 
-def survey_reasoning(record: dict) -> str:
+def survey_reasoning(record: dict, unboxed: dict[str, float] | None = None) -> str:
     """A read of the whole study, the same for every question about it, with the asked finding marked.
 
     The read names every finding of the study in title case with its box, in a fixed order
@@ -142,14 +142,27 @@ def survey_reasoning(record: dict) -> str:
     names are tokens of their own, so marking "(asked)" is a match of the name just written
     against the restated one, and the yes/no only has to notice a mark. With the decision made
     before the name ("So pneumothorax." / "No pneumothorax."), the tiny model stayed near chance.
+
+    ``unboxed`` ({finding name: rate}) makes the teacher name such a finding without its box, at that
+    rate per study, unless the question asks about it: the habit of a teacher that localises what it
+    was asked and only mentions the rest (an LLM writes "cardiomegaly" or "a left effusion" without
+    coordinates). The demo uses it so the cold start leaves boxes undone that GRPO's grounding and
+    coordinate terms pay for (docs/demo-notes.md). Answers and the records' boxes stay exact.
     """
     meta = record.get("meta") or {}
     findings, anatomy = meta.get("findings") or [], meta.get("anatomy") or {}
     qtype = meta.get("question_type")
     target = meta.get("target") if qtype in ASKED_TYPES else None
+
+    def cite(f) -> str:
+        rate = (unboxed or {}).get(f["name"], 0.0) if f["name"] != target else 0.0
+        if rate and _rng(f"{record.get('study_id') or record['id']}|{f['name']}").random() < rate:
+            return ""  # the same for every question about the study
+        return f" {format_box(f['box'])}"
+
     if findings:
         read = [
-            f"{_title(f['label'])}{' (asked)' if target and f['name'] == target else ''} {format_box(f['box'])}."
+            f"{_title(f['label'])}{' (asked)' if target and f['name'] == target else ''}{cite(f)}."
             for f in findings
         ]
     else:
@@ -166,15 +179,32 @@ def survey_reasoning(record: dict) -> str:
 STYLES = ("survey", "per-question")
 
 
-def offline_completion(record: dict, style: str = "per-question") -> str:
+def parse_unboxed(spec: str) -> dict[str, float]:
+    """ "cardiomegaly=0.67,pleural effusion=0.67" -> {"cardiomegaly": 0.67, "pleural effusion": 0.67}."""
+    out = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, rate = item.rpartition("=")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = -1.0
+        if not sep or not name.strip() or not 0.0 <= value <= 1.0:
+            raise ValueError(f"--offline-unboxed: '{item}' is not NAME=RATE with a rate in [0, 1]")
+        out[name.strip().lower()] = value
+    return out
+
+
+def offline_completion(
+    record: dict, style: str = "per-question", unboxed: dict[str, float] | None = None
+) -> str:
     """The full completion in the paper's format, as a real teacher would reply.
 
     ``survey`` applies to records that list their findings (``meta["findings"]``, the phantom set);
-    others fall back to the per-question style.
+    others fall back to the per-question style. ``unboxed``: see ``survey_reasoning``.
     """
     if style not in STYLES:
         raise ValueError(f"unknown offline teacher style '{style}' (expected one of {', '.join(STYLES)})")
     meta = record.get("meta") or {}
     if style == "survey" and "findings" in meta and "anatomy" in meta:  # a phantom-style record
-        return reasoning_text(survey_reasoning(record), record["answer"])
+        return reasoning_text(survey_reasoning(record, unboxed), record["answer"])
     return reasoning_text(offline_reasoning(record), record["answer"])
