@@ -24,7 +24,7 @@ from data_prep.synthesis.offline_teacher import parse_unboxed
 STAGES = ("phantom", "tiny-model", "sft", "coldstart-data", "coldstart", "grpo", "eval")
 # The offline teacher names these findings without their box in 2 of 3 studies unless asked about
 # them (a teacher that localises only what it was asked): the cold start inherits the habit and
-# GRPO's grounding and coordinate terms pay for the boxes (docs/demo-notes.md, "the demo's teacher").
+# GRPO's grounding and coordinate terms pay for the boxes (docs/demo-notes.md, session 4).
 UNBOXED = "cardiomegaly=0.67,pleural effusion=0.67"
 
 
@@ -62,18 +62,14 @@ def finish(started: tuple, log: Path) -> float:
     return time.time() - t0
 
 
-def check_teacher(coldstart_data: Path, unboxed: dict) -> None:
+def check_teacher(coldstart_data: Path, spec: str) -> None:
     """Stop when existing cold-start data was written with another teacher setting (it would be reused)."""
     ledger = coldstart_data / "ledger.json"
-    if ledger.exists() and json.loads(ledger.read_text()).get("offline_unboxed", {}) != unboxed:
+    if ledger.exists() and json.loads(ledger.read_text()).get("offline_unboxed", {}) != parse_unboxed(spec):
         raise SystemExit(
-            f"{coldstart_data} was written with another offline-teacher setting than --unboxed "
-            f"'{format_unboxed(unboxed)}'; start over with `make demo ARGS=--fresh` (or pass --out elsewhere)"
+            f"{coldstart_data} was written with another offline-teacher setting than --unboxed '{spec}'; "
+            "start over with `make demo ARGS=--fresh` (or pass --out elsewhere)"
         )
-
-
-def format_unboxed(unboxed: dict) -> str:
-    return ",".join(f"{name}={rate:g}" for name, rate in unboxed.items())
 
 
 def grpo_history(grpo_dir: Path) -> list[dict]:
@@ -169,7 +165,7 @@ def main() -> None:
             shutil.rmtree(p, ignore_errors=True)
     py = [sys.executable, "-m"]
     phantom, tiny, coldstart_data = out / "phantom", out / "tiny-qwen2.5-vl", out / "coldstart"
-    check_teacher(coldstart_data, parse_unboxed(args.unboxed))
+    check_teacher(coldstart_data, args.unboxed)
     stage_dirs = {"sft": demo / "sft", "coldstart": demo / "coldstart", "grpo": demo / "grpo"}
     overrides = lambda stage, model, data: [  # noqa: E731 - keep each command on one readable line
         "--model_name_or_path",
@@ -249,6 +245,7 @@ def main() -> None:
 
     def eval_cmd(name: str) -> list[str]:
         model, reasoning, _ = runs[name]
+        tokens = "32" if name == "base" else "160"  # the untrained model writes noise: 32 tokens show it
         return py + [
             "evaluation.run",
             "--model",
@@ -266,9 +263,7 @@ def main() -> None:
             "--batch-size",
             "16",
             "--max-new-tokens",
-            "32"
-            if name == "base"
-            else "160",  # the untrained model writes noise: no point in 160 tokens of it
+            tokens,
             "--bootstrap",
             "200",
             "--gallery",

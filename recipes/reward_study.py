@@ -6,7 +6,7 @@ The released DeepMedix-R1 coordinate term pays +0.05 per box in the think block 
 points (rewards/paper.py); the grounded reward pays boxes only for being valid in the frame and
 for matching the true findings (rewards/grounded.py). Does RL with the paper's reward learn to cite
 more boxes without citing better ones? From one cold-start checkpoint this runs the demo's GRPO
-recipe (recipes/demo/grpo.yaml as it is: 8 prompts x 4 completions, lr 5e-5, 100 steps) once per reward and seed, evaluates
+recipe (recipes/demo/grpo.yaml as it is: 8 prompts x 4 completions, lr 5e-5, 80 steps) once per reward and seed, evaluates
 every checkpoint (and the cold start) on validation, and writes into --out:
 
   study.md / study.json   per run: boxes per completion, valid-box rate, cited-box IoU, grounding

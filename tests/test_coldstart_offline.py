@@ -165,3 +165,10 @@ def test_unboxed_spec_errors_name_the_item(spec):
         "cardiomegaly": 0.67,
         "pleural effusion": 1.0,
     }
+
+
+def test_unboxed_needs_the_survey_style(tmp_path, capsys):
+    argv = ["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--teacher", "offline"]
+    with pytest.raises(SystemExit):
+        coldstart.parse_args(argv + ["--offline-unboxed", "cardiomegaly=0.5"])
+    assert "applies to the offline teacher's survey style" in capsys.readouterr().err

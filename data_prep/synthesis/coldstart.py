@@ -529,6 +529,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--teacher openai needs --base-url and --model")
     if bool(args.judge_base_url) != bool(args.judge_model):
         p.error("--judge-base-url and --judge-model go together")
+    if args.offline_unboxed and (args.teacher != "offline" or args.offline_style != "survey"):
+        p.error("--offline-unboxed applies to the offline teacher's survey style (--offline-style survey)")
     if args.api_key_env is None:
         args.api_key_env = "AZURE_OPENAI_API_KEY" if args.azure_api_version else "OPENAI_API_KEY"
     args.judge_api_key_env = args.judge_api_key_env or args.api_key_env
