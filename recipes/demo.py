@@ -16,7 +16,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.synthesis.offline_teacher import parse_unboxed
@@ -28,38 +30,76 @@ STAGES = ("phantom", "tiny-model", "sft", "coldstart-data", "coldstart", "grpo",
 UNBOXED = "cardiomegaly=0.67,pleural effusion=0.67"
 
 
-def run(cmd: list[str], log: Path) -> float:
-    """Run one stage, echoing the command; its output goes to the terminal and to `log`."""
-    print(f"\n$ {' '.join(cmd)}", flush=True)
-    t0 = time.time()
+@dataclass
+class Job:
+    """One stage or evaluation: the command a user would type, and the file that marks it done."""
+
+    name: str
+    done: Path | None  # None: always run
+    cmd: list[str]
+    threads: int = 1  # OpenMP threads; 1 whenever another job shares the cores
+
+
+LIVE: list[subprocess.Popen] = []  # every job process still running, killed if the demo stops
+
+
+def execute(job: Job, logs: Path, stream: bool) -> float | None:
+    """Run one job unless its done-marker exists; its output goes to logs/NAME.log and, if `stream`,
+    to the terminal. Returns its seconds (None when skipped); stops the demo when it fails."""
+    if job.done is not None and job.done.exists():
+        print(f"[{job.name}] already done ({job.done}) - skipping", flush=True)
+        return None
+    log = logs / f"{job.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"\n$ {' '.join(job.cmd)}" + ("" if stream else f" > {log}"), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(job.threads)}
+    t0 = time.time()
     with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            job.cmd, stdout=subprocess.PIPE if stream else f, stderr=subprocess.STDOUT, env=env
+        )
+        LIVE.append(proc)
         # Raw bytes, not lines: progress bars redraw with "\r" and stay one line on the terminal.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        while chunk := proc.stdout.read1(65536):
+        while stream and (chunk := proc.stdout.read1(65536)):
             f.write(chunk)
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
-        if proc.wait():
-            raise SystemExit(f"stage failed (exit {proc.returncode}): {' '.join(cmd)}\nfull log: {log}")
-    return time.time() - t0
+        code = proc.wait()
+        LIVE.remove(proc)
+    if code:
+        raise SystemExit(f"stage failed (exit {code}): {' '.join(job.cmd)}\nfull log: {log}")
+    seconds = time.time() - t0
+    print(f"[{job.name}] {seconds:.0f} s", flush=True)
+    return seconds
 
 
-def start(cmd: list[str], log: Path) -> tuple:
-    """Start a stage in the background, its output going to `log` only."""
-    print(f"\n$ {' '.join(cmd)} > {log} &", flush=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as f:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT), time.time(), cmd
+def together(chains: list[list[Job]], logs: Path, timings: dict) -> None:
+    """Run the chains side by side (the jobs of one chain in order); the first one's output is shown."""
+    errors: list[BaseException] = []
 
+    def chain_runner(chain: list[Job], stream: bool) -> None:  # one thread per chain
+        try:
+            for job in chain:
+                if errors:
+                    return
+                seconds = execute(job, logs, stream)
+                if seconds is not None:
+                    timings[job.name] = seconds
+        except BaseException as e:  # noqa: BLE001 - reported below, in the main thread
+            errors.append(e)
 
-def finish(started: tuple, log: Path) -> float:
-    """Wait for a background stage; stop like `run` when it failed."""
-    proc, t0, cmd = started
-    if proc.wait():
-        raise SystemExit(f"stage failed (exit {proc.returncode}): {' '.join(cmd)}\nfull log: {log}")
-    print(f"[{log.stem}] done ({log})", flush=True)
-    return time.time() - t0
+    side = [threading.Thread(target=chain_runner, args=(c, False)) for c in chains[1:] if c]
+    for t in side:
+        t.start()
+    if chains and chains[0]:
+        chain_runner(chains[0], True)
+    if errors:  # stop the side chains too
+        for proc in list(LIVE):
+            proc.kill()
+    for t in side:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def check_teacher(coldstart_data: Path, spec: str) -> None:
@@ -148,6 +188,13 @@ def main() -> None:
         help="offline teacher: findings named without their box unless asked, NAME=RATE,... ('' for none; "
         "default: %(default)s)",
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="OpenMP threads of the cold start and GRPO, which run alone (default: %(default)s; the README's "
+        "figures used 2, and the thread count changes float sums, hence trajectories)",
+    )
     ap.add_argument("--stop-after", choices=STAGES, default="eval")
     ap.add_argument("--fresh", action="store_true", help="delete previous demo outputs first")
     args = ap.parse_args()
@@ -167,149 +214,87 @@ def main() -> None:
     phantom, tiny, coldstart_data = out / "phantom", out / "tiny-qwen2.5-vl", out / "coldstart"
     check_teacher(coldstart_data, args.unboxed)
     stage_dirs = {"sft": demo / "sft", "coldstart": demo / "coldstart", "grpo": demo / "grpo"}
-    overrides = lambda stage, model, data: [  # noqa: E731 - keep each command on one readable line
-        "--model_name_or_path",
-        str(model),
-        "--dataset_path",
-        str(data),
-        "--output_dir",
-        str(stage_dirs[stage]),
-        "--seed",
-        str(args.seed),
-    ]
-    plan = [
-        (
+
+    def train(stage: str, config: str, model: Path, data: Path, threads: int = 1) -> Job:
+        script = "recipes.grpo" if stage == "grpo" else "recipes.sft"
+        cmd = py + [script, "--config", f"recipes/demo/{config}.yaml", "--model_name_or_path", str(model)]
+        cmd += ["--dataset_path", str(data), "--output_dir", str(stage_dirs[stage]), "--seed", str(args.seed)]
+        return Job(stage, stage_dirs[stage] / "model.safetensors", cmd, threads)
+
+    size = str(args.size)
+    jobs = {
+        "phantom": Job(
             "phantom",
             phantom / "records.jsonl",
-            py
-            + [
-                "data_prep.phantom",
-                "--n",
-                str(args.studies),
-                "--size",
-                str(args.size),
-                "--out",
-                str(phantom),
-            ],
+            py + ["data_prep.phantom", "--n", str(args.studies), "--size", size, "--out", str(phantom)],
         ),
-        (
+        "tiny-model": Job(
             "tiny-model",
             tiny / "tiny_model.json",
-            py + ["recipes.tiny_model", "--size", str(args.size), "--out", str(tiny)],
+            py + ["recipes.tiny_model", "--size", size, "--out", str(tiny)],
         ),
-        (
-            "sft",
-            stage_dirs["sft"] / "model.safetensors",
-            py + ["recipes.sft", "--config", "recipes/demo/sft.yaml"] + overrides("sft", tiny, phantom),
-        ),
-        (
+        "sft": train("sft", "sft", tiny, phantom),
+        "coldstart-data": Job(
             "coldstart-data",
             coldstart_data / "records.jsonl",
             py
-            + [
-                "data_prep.synthesis.coldstart",
-                "--teacher",
-                "offline",
-                "--offline-style",
-                "survey",
-                "--offline-unboxed",
-                args.unboxed,
-                "--data",
-                str(phantom),
-                "--out",
-                str(coldstart_data),
-            ],
+            + ["data_prep.synthesis.coldstart", "--teacher", "offline", "--offline-style", "survey"]
+            + ["--offline-unboxed", args.unboxed, "--data", str(phantom), "--out", str(coldstart_data)],
         ),
-        (
-            "coldstart",
-            stage_dirs["coldstart"] / "model.safetensors",
-            py
-            + ["recipes.sft", "--config", "recipes/demo/coldstart.yaml"]
-            + overrides("coldstart", stage_dirs["sft"], coldstart_data),
-        ),
-        (
-            "grpo",
-            stage_dirs["grpo"] / "model.safetensors",
-            py
-            + ["recipes.grpo", "--config", "recipes/demo/grpo.yaml"]
-            + overrides("grpo", stage_dirs["coldstart"], phantom),
-        ),
-    ]
+        "coldstart": train("coldstart", "coldstart", stage_dirs["sft"], coldstart_data, args.threads),
+        "grpo": train("grpo", "grpo", stage_dirs["coldstart"], phantom, args.threads),
+    }
     evals = demo / "eval"
-    runs = {  # evaluation name -> (model, with reasoning, the stage after which it can start)
-        "base": (tiny, True, "sft"),
-        "sft": (stage_dirs["sft"], False, "sft"),
-        "coldstart": (stage_dirs["coldstart"], True, "coldstart"),
-        "grpo": (stage_dirs["grpo"], True, "grpo"),
+    runs = {  # evaluation name -> (model, with reasoning)
+        "base": (tiny, True),
+        "sft": (stage_dirs["sft"], False),
+        "coldstart": (stage_dirs["coldstart"], True),
+        "grpo": (stage_dirs["grpo"], True),
     }
 
-    def eval_cmd(name: str) -> list[str]:
-        model, reasoning, _ = runs[name]
+    def evaluate(name: str) -> Job:
+        model, reasoning = runs[name]
         tokens = "32" if name == "base" else "160"  # the untrained model writes noise: 32 tokens show it
-        return py + [
-            "evaluation.run",
-            "--model",
-            str(model),
-            "--data",
-            str(phantom),
-            "--split",
-            "test",
-            "--limit",
-            str(args.eval_limit),
-            "--out",
-            str(evals / name),
-            "--name",
-            name,
-            "--batch-size",
-            "16",
-            "--max-new-tokens",
-            tokens,
-            "--bootstrap",
-            "200",
-            "--gallery",
-            "24",
-            "--reasoning" if reasoning else "--no-reasoning",
+        cmd = py + ["evaluation.run", "--model", str(model), "--data", str(phantom), "--split", "test"]
+        cmd += ["--limit", str(args.eval_limit), "--out", str(evals / name), "--name", name]
+        cmd += ["--batch-size", "16", "--max-new-tokens", tokens, "--bootstrap", "200", "--gallery", "24"]
+        cmd += ["--reasoning" if reasoning else "--no-reasoning"]
+        return Job(f"eval-{name}", evals / name / "results.json", cmd)
+
+    # Two cores: one-thread jobs run two at a time; the cold start and GRPO run alone on every core
+    # (--threads). Evaluations of the small stages fill the gaps beside the other preparation job.
+    def wanted(chain: list[Job]) -> list[Job]:
+        """The chain's jobs up to --stop-after (evaluations only when the demo runs to the end)."""
+        if args.stop_after == "eval":
+            return chain
+        return [
+            j for j in chain if j.name in STAGES and STAGES.index(j.name) <= STAGES.index(args.stop_after)
         ]
 
+    schedule = [
+        [[jobs["phantom"]], [jobs["tiny-model"]]],
+        [[jobs["sft"], evaluate("sft")], [jobs["coldstart-data"], evaluate("base")]],
+        [[jobs["coldstart"]]],
+        [[jobs["grpo"]]],
+        [[evaluate("grpo")], [evaluate("coldstart")]],
+    ]
     timings: dict[str, float] = {}
-    background: dict[str, tuple] = {}
     t_start = time.time()
     try:
-        for name, done_marker, cmd in plan:
-            if done_marker.exists():
-                print(f"[{name}] already done ({done_marker}) - skipping")
-            else:
-                timings[name] = run(cmd, demo / "logs" / f"{name}.log")
-                print(f"[{name}] {timings[name]:.0f} s")
-            if args.stop_after == "eval" and name != "grpo":
-                # Evaluations of finished stages use the second core while the next stage trains
-                # (every process here runs one thread).
-                for ev in [ev for ev, (_, _, after) in runs.items() if after == name]:
-                    if (evals / ev / "results.json").exists():
-                        print(f"[eval {ev}] already done - skipping")
-                    else:
-                        background[ev] = start(eval_cmd(ev), demo / "logs" / f"eval-{ev}.log")
-            if name == args.stop_after:
-                break
+        for chains in schedule:
+            together([wanted(c) for c in chains], demo / "logs", timings)
     except BaseException:
-        for proc, _, _ in background.values():
+        for proc in LIVE:
             proc.kill()
         raise
     if "grpo" in timings or (stage_dirs["grpo"] / "model.safetensors").exists():
         png = plot_rewards(stage_dirs["grpo"], demo / "grpo_rewards.png")
         if png:
             print(f"reward curves: {png}")
-
     if args.stop_after == "eval":
-        if (evals / "grpo" / "results.json").exists():
-            print("[eval grpo] already done - skipping")
-        else:
-            timings["eval-grpo"] = run(eval_cmd("grpo"), demo / "logs" / "eval-grpo.log")
-        for ev, started in background.items():
-            timings[f"eval-{ev}"] = finish(started, demo / "logs" / f"eval-{ev}.log")
         cmd = py + ["evaluation.compare", "--out", str(evals / "compare"), "--runs"]
         cmd += [f"{name}={evals / name}" for name in runs]
-        run(cmd, demo / "logs" / "compare.log")
+        execute(Job("compare", None, cmd), demo / "logs", stream=True)
         print(
             f"\ncomparison table: {evals / 'compare'}; gallery of the final model: {evals / 'grpo' / 'gallery.html'}"
         )

@@ -24,6 +24,7 @@ import argparse
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,12 @@ def evaluate(model: Path, data: Path, split: str, limit: int | None, out: Path, 
             "--reasoning",
             "--no-model-metrics",
         ]
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        log = out.parent / f"{out.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print("$", " ".join(cmd), ">", log, flush=True)
+        with open(log, "wb") as f:
+            if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
+                raise SystemExit(f"evaluation failed: {' '.join(cmd)}\nfull log: {log}")
     return json.loads((out / "results.json").read_text())["headline"]
 
 
@@ -182,12 +187,21 @@ def main(argv: list[str] | None = None) -> None:
         demo = demo_dir(out, seed)
         r = {}
         for split, limit in (("validation", args.val_limit), ("test", args.test_limit)):
-            r[split] = {
-                stage: evaluate(
-                    demo / stage, data, split, limit, demo / "eval-seeds" / split / stage, args.bootstrap
-                )
-                for stage in ("coldstart", "grpo")
-            }
+            # one thread each: the two checkpoints are evaluated side by side on the two cores
+            with ThreadPoolExecutor(2) as pool:
+                futures = {
+                    stage: pool.submit(
+                        evaluate,
+                        demo / stage,
+                        data,
+                        split,
+                        limit,
+                        demo / "eval-seeds" / split / stage,
+                        args.bootstrap,
+                    )
+                    for stage in ("coldstart", "grpo")
+                }
+                r[split] = {stage: f.result() for stage, f in futures.items()}
         r["checks"] = checks(r["validation"]["coldstart"], r["validation"]["grpo"], r["test"]["grpo"])
         results[seed] = r
 
