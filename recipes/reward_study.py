@@ -23,6 +23,7 @@ import argparse
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,13 @@ def train(mode: str, seed: int, coldstart: Path, data: Path, out: Path, steps: i
     cmd += ["--reward_mode", mode, "--reward_funcs", *names]
     cmd += ["--reward_weights", *(str(REWARD_SETS[mode][n]) for n in names)]
     cmd += ["--seed", str(seed), "--report_to", "none", *(["--max_steps", str(steps)] if steps else [])]
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    log = out.parent / f"{out.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("$", " ".join(cmd), ">", log, flush=True)
+    with open(log, "wb") as f:
+        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
+            raise SystemExit(f"GRPO run failed: {' '.join(cmd)}\nfull log: {log}")
+    print(f"[{out.name}] trained", flush=True)
 
 
 def plot_boxes(runs: dict[str, Path], png: Path) -> None:
@@ -121,12 +127,24 @@ def main(argv: list[str] | None = None) -> None:
             coldstart, data, "validation", args.val_limit, out / "eval" / "coldstart", args.bootstrap
         )
     }
-    for name, folder in runs.items():
-        mode, seed = name.split("-seed")
-        train(mode, int(seed), coldstart, data, folder, args.steps)
-        results[name] = evaluate(
-            folder, data, "validation", args.val_limit, out / "eval" / name, args.bootstrap
-        )
+    # Per seed, the two rewards' runs train side by side (one thread each, the two cores), then
+    # their checkpoints are evaluated side by side.
+    for seed in args.seeds:
+        pair = {name: folder for name, folder in runs.items() if name.endswith(f"-seed{seed}")}
+        with ThreadPoolExecutor(len(pair)) as pool:
+            trained = [
+                pool.submit(train, name.split("-seed")[0], seed, coldstart, data, folder, args.steps)
+                for name, folder in pair.items()
+            ]
+            for f in trained:
+                f.result()
+            scored = {
+                name: pool.submit(
+                    evaluate, folder, data, "validation", args.val_limit, out / "eval" / name, args.bootstrap
+                )
+                for name, folder in pair.items()
+            }
+            results.update({name: f.result() for name, f in scored.items()})
     plot_boxes(runs, out / "boxes_per_step.png")
     md = (
         f"# Reward study: paper vs grounded reward from {coldstart}\n\n"

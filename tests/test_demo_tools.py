@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -106,9 +109,58 @@ def test_reward_study_table_means_over_seeds():
 @pytest.mark.parametrize("mode", ["paper", "grounded"])
 def test_reward_study_trains_with_each_reward_set(tmp_path, monkeypatch, mode):
     calls = []
-    monkeypatch.setattr(reward_study.subprocess, "run", lambda cmd, check: calls.append(cmd))
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0 if len(calls) == 1 else 1)
+
+    monkeypatch.setattr(reward_study.subprocess, "run", fake_run)
     reward_study.train(mode, 3, tmp_path / "cs", tmp_path / "data", tmp_path / "out", 7)
+    with pytest.raises(SystemExit, match="out2.log"):  # a failed run names its log
+        reward_study.train(mode, 3, tmp_path / "cs", tmp_path / "data", tmp_path / "out2", 7)
     cmd = calls[0]
     names = cmd[cmd.index("--reward_funcs") + 1 : cmd.index("--reward_weights")]
     assert names == list(reward_study.REWARD_SETS[mode])
     assert cmd[cmd.index("--seed") + 1] == "3" and cmd[cmd.index("--max_steps") + 1] == "7"
+
+
+def job(name, code, done=None, threads=1):
+    return demo.Job(name, done, [sys.executable, "-c", code], threads)
+
+
+def test_together_runs_chains_side_by_side_in_order(tmp_path):
+    # Each job appends its name and OMP_NUM_THREADS; the side chain waits for a file the first chain
+    # writes, so it can only finish if the two chains really run at the same time.
+    trace, flag = tmp_path / "trace.txt", tmp_path / "flag"
+    write = f"import os; open({str(trace)!r}, 'a').write('{{}} ' + os.environ['OMP_NUM_THREADS'] + '\\n')"
+    wait = f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)\n"
+    done = tmp_path / "done.json"
+    done.write_text("{}")
+    chains = [
+        [
+            job("a1", write.format("a1"), threads=2),
+            job("a2", f"open({str(flag)!r}, 'w')"),
+        ],
+        [
+            job("b1", wait + write.format("b1")),
+            job("b2", "raise SystemExit(3)", done=done),
+        ],
+    ]
+    timings = {}
+    demo.together(chains, tmp_path / "logs", timings)
+    assert sorted(trace.read_text().split("\n")[:-1]) == ["a1 2", "b1 1"]
+    assert set(timings) == {"a1", "a2", "b1"}  # b2 was already done: skipped, never run
+    assert (tmp_path / "logs" / "b1.log").exists()
+
+
+def test_together_stops_every_chain_when_a_job_fails(tmp_path):
+    chains = [
+        [job("bad", "import sys; print('boom'); sys.exit(4)")],
+        [job("slow", "import time; time.sleep(60)"), job("never", "pass")],
+    ]
+    t0 = time.time()
+    with pytest.raises(SystemExit, match=r"exit 4.*\n.*bad\.log"):
+        demo.together(chains, tmp_path / "logs", {})
+    assert time.time() - t0 < 30  # the side job was killed, not waited for
+    assert "boom" in (tmp_path / "logs" / "bad.log").read_text()
+    assert not (tmp_path / "logs" / "never.log").exists() and not demo.LIVE
