@@ -69,7 +69,8 @@ def execute(job: Job, logs: Path, stream: bool) -> float | None:
     if code:
         raise SystemExit(f"stage failed (exit {code}): {' '.join(job.cmd)}\nfull log: {log}")
     seconds = time.time() - t0
-    print(f"[{job.name}] {seconds:.0f} s", flush=True)
+    # a side job's line may land after the shown job's progress bar: start it on a line of its own
+    print(f"{'' if stream else chr(10)}[{job.name}] {seconds:.0f} s", flush=True)
     return seconds
 
 
@@ -300,7 +301,8 @@ def main() -> None:
         )
 
     total = time.time() - t_start
-    (demo / "timings.json").write_text(json.dumps({**timings, "total": total}, indent=2) + "\n")
+    if timings:  # a rerun that skipped everything keeps the timings of the run that did the work
+        (demo / "timings.json").write_text(json.dumps({**timings, "total": total}, indent=2) + "\n")
     print(f"\ndemo finished in {total / 60:.1f} min. Outputs:")
     for label, path in [
         ("phantom data", phantom),
