@@ -49,6 +49,15 @@ FLOOR = {"reasoning/format_rate": 0.9, "vqa/closed": 0.8}  # >=
 IOU_FLOOR = 0.5  # cited-box IoU must be above it
 
 
+def run_logged(cmd: list[str], log: Path, what: str) -> None:
+    """Run `cmd` with its output in `log` (jobs here run side by side); stop, naming the log, if it fails."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("$", " ".join(cmd), ">", log, flush=True)
+    with open(log, "wb") as f:
+        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
+            raise SystemExit(f"{what} failed: {' '.join(cmd)}\nfull log: {log}")
+
+
 def evaluate(model: Path, data: Path, split: str, limit: int | None, out: Path, n_boot: int) -> dict:
     """evaluation.run (greedy, reasoning prompt) unless its results.json exists; returns its headline."""
     if not (out / "results.json").exists():
@@ -78,12 +87,7 @@ def evaluate(model: Path, data: Path, split: str, limit: int | None, out: Path, 
             "--reasoning",
             "--no-model-metrics",
         ]
-        log = out.parent / f"{out.name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        print("$", " ".join(cmd), ">", log, flush=True)
-        with open(log, "wb") as f:
-            if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
-                raise SystemExit(f"evaluation failed: {' '.join(cmd)}\nfull log: {log}")
+        run_logged(cmd, out.parent / f"{out.name}.log", "evaluation")
     return json.loads((out / "results.json").read_text())["headline"]
 
 

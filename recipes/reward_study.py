@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 
 from data_prep.io import atomic_write_text
 from recipes.demo import grpo_history
-from recipes.demo_seeds import cell, evaluate
+from recipes.demo_seeds import cell, evaluate, run_logged
 from rewards import REWARD_SETS
 
 METRICS = {
@@ -56,12 +55,7 @@ def train(mode: str, seed: int, coldstart: Path, data: Path, out: Path, steps: i
     cmd += ["--reward_mode", mode, "--reward_funcs", *names]
     cmd += ["--reward_weights", *(str(REWARD_SETS[mode][n]) for n in names)]
     cmd += ["--seed", str(seed), "--report_to", "none", *(["--max_steps", str(steps)] if steps else [])]
-    log = out.parent / f"{out.name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print("$", " ".join(cmd), ">", log, flush=True)
-    with open(log, "wb") as f:
-        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
-            raise SystemExit(f"GRPO run failed: {' '.join(cmd)}\nfull log: {log}")
+    run_logged(cmd, out.parent / f"{out.name}.log", "GRPO run")
     print(f"[{out.name}] trained", flush=True)
 
 

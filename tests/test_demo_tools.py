@@ -114,7 +114,7 @@ def test_reward_study_trains_with_each_reward_set(tmp_path, monkeypatch, mode):
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 0 if len(calls) == 1 else 1)
 
-    monkeypatch.setattr(reward_study.subprocess, "run", fake_run)
+    monkeypatch.setattr(demo_seeds.subprocess, "run", fake_run)  # run_logged
     reward_study.train(mode, 3, tmp_path / "cs", tmp_path / "data", tmp_path / "out", 7)
     with pytest.raises(SystemExit, match="out2.log"):  # a failed run names its log
         reward_study.train(mode, 3, tmp_path / "cs", tmp_path / "data", tmp_path / "out2", 7)
