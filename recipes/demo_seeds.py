@@ -52,7 +52,7 @@ IOU_FLOOR = 0.5  # cited-box IoU must be above it
 def run_logged(cmd: list[str], log: Path, what: str) -> None:
     """Run `cmd` with its output in `log` (jobs here run side by side); stop, naming the log, if it fails."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    print("$", " ".join(cmd), ">", log, flush=True)
+    print(f"$ {' '.join(cmd)} > {log}\n", end="", flush=True)  # one write: jobs print side by side
     with open(log, "wb") as f:
         if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
             raise SystemExit(f"{what} failed: {' '.join(cmd)}\nfull log: {log}")
