@@ -94,11 +94,12 @@ def together(chains: list[list[Job]], logs: Path, timings: dict) -> None:
         t.start()
     if chains and chains[0]:
         chain_runner(chains[0], True)
-    if errors:  # stop the side chains too
-        for proc in list(LIVE):
-            proc.kill()
     for t in side:
-        t.join()
+        while t.is_alive():
+            if errors:  # stop the side chains too, also a job one of them started just now
+                for proc in list(LIVE):
+                    proc.kill()
+            t.join(0.1)
     if errors:
         raise errors[0]
 
