@@ -80,7 +80,7 @@ SEEDS ?= 0 1 2
 demo: $(VENV_STAMP) ## whole pipeline on CPU: phantom -> tiny model -> SFT -> cold start -> GRPO -> eval (SEED=N)
 	$(PY) -m recipes.demo --out $(OUT) --seed $(SEED) $(ARGS)
 
-demo-seeds: $(VENV_STAMP) ## the demo for SEEDS="0 1 2", cold start vs GRPO on validation + test, checked
+demo-seeds: $(VENV_STAMP) ## the demo for SEEDS="0 1 2", each seed's GRPO vs cold start checked
 	$(PY) -m recipes.demo_seeds --out $(OUT) --seeds $(SEEDS) $(ARGS)
 
 reward-study: $(VENV_STAMP) ## GRPO with the paper's vs the grounded reward from the demo's cold start
@@ -121,12 +121,16 @@ EVAL_MODEL ?= $(OUT)/demo/grpo
 EVAL_DATA ?= $(OUT)/phantom
 EVAL_OUT ?= $(OUT)/eval/$(notdir $(EVAL_MODEL))
 eval: $(VENV_STAMP) ## evaluate EVAL_MODEL on EVAL_DATA's test split (BACKEND=vllm on GPUs)
-	$(PY) -m evaluation.run --model $(EVAL_MODEL) --data $(EVAL_DATA) --out $(EVAL_OUT) \
+	$(PY) -m evaluation.run --model $(EVAL_MODEL) --data $(EVAL_DATA) --out $(EVAL_OUT) --cluster $(CLUSTER) \
 		$(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
 
 RUNS ?=
-compare: $(VENV_STAMP) ## side-by-side table + plots: make compare RUNS="base=DIR sft=DIR ..."
-	$(PY) -m evaluation.compare --out $(OUT)/eval/compare --runs $(RUNS)
+# BASELINE: the run every other is compared with (default: the first), or `previous` (each with the one before)
+BASELINE ?=
+CLUSTER ?= study
+compare: $(VENV_STAMP) ## table, paired differences, plots: make compare RUNS="base=DIR grpo=DIR" [BASELINE=base]
+	$(PY) -m evaluation.compare --out $(OUT)/eval/compare --cluster $(CLUSTER) \
+		$(if $(BASELINE),--baseline $(BASELINE)) --runs $(RUNS)
 
 # Blind pairwise review (README: "Blind pairwise review"): the study goes to REVIEW_OUT, by default
 # outputs/review/NAME1-vs-NAME2; a second `make review` with the same RUNS resumes it (and adds new REVIEWERS).

@@ -30,8 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.metrics import bootstrap_ci, headline_entry
-
 BERTSCORE_DEFAULT = "distilroberta-base"
 HF_CACHE_NOTE = (
     "Weights are cached under $HF_HOME (default ~/.cache/huggingface); on an offline machine copy "
@@ -107,7 +105,7 @@ def _local_model(name: str) -> str | None:
     return str(Path(config).parent) if isinstance(config, str) else None
 
 
-def bertscore(refs: list[str], hyps: list[str], n_boot: int = 1000, seed: int = 0) -> dict:
+def bertscore(refs: list[str], hyps: list[str]) -> dict:
     try:
         import bert_score
     except ImportError:
@@ -140,12 +138,12 @@ def bertscore(refs: list[str], hyps: list[str], n_boot: int = 1000, seed: int = 
     except Exception as e:
         return skipped(f"BERTScore could not run offline ({type(e).__name__}: {e})", HOW_BERTSCORE)
     per = f1.numpy().astype(float)
-    out = headline_entry(per.mean(), bootstrap_ci(per, n_resamples=n_boot, seed=seed), len(per))
+    out = {"value": float(per.mean()), "n": len(per), "per_sample": per}
     out.update({"model": name, "num_layers": num_layers, "rescaled_with_baseline": rescale})
     return out
 
 
-def radgraph_f1(refs: list[str], hyps: list[str], n_boot: int = 1000, seed: int = 0) -> dict:
+def radgraph_f1(refs: list[str], hyps: list[str]) -> dict:
     try:
         from radgraph import F1RadGraph
     except ImportError:
@@ -160,7 +158,7 @@ def radgraph_f1(refs: list[str], hyps: list[str], n_boot: int = 1000, seed: int 
     except Exception as e:
         return skipped(f"RadGraph weights are not available offline ({type(e).__name__}: {e})", HOW_RADGRAPH)
     per = np.array([r[-1] if isinstance(r, (tuple, list)) else r for r in rewards], dtype=float)
-    out = headline_entry(per.mean(), bootstrap_ci(per, n_resamples=n_boot, seed=seed), len(per))
+    out = {"value": float(per.mean()), "n": len(per), "per_sample": per}
     out.update({"reward_level": "partial", "model_type": kwargs.get("model_type", "package default")})
     return out
 
@@ -191,10 +189,11 @@ def chexbert_f1(refs: list[str], hyps: list[str]) -> dict:
     }
 
 
-def clinical_metrics(refs: list[str], hyps: list[str], n_boot: int = 1000, seed: int = 0) -> dict:
-    """All three (each a number dict or a "skipped" dict)."""
+def clinical_metrics(refs: list[str], hyps: list[str]) -> dict:
+    """All three, each a number dict (BERTScore and RadGraph with their ``per_sample`` scores, which
+    evaluation.scoring resamples) or a "skipped" dict."""
     return {
-        "bertscore_f1": bertscore(refs, hyps, n_boot=n_boot, seed=seed),
-        "radgraph_f1": radgraph_f1(refs, hyps, n_boot=n_boot, seed=seed),
+        "bertscore_f1": bertscore(refs, hyps),
+        "radgraph_f1": radgraph_f1(refs, hyps),
         "chexbert": chexbert_f1(refs, hyps),
     }

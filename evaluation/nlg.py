@@ -7,10 +7,12 @@ says which tokenizer ran. SPICE is never run (it downloads models).
 
 * BLEU-n: corpus BLEU as pycocoevalcap computes it (clipped n-gram counts summed over the
   corpus, "closest" reference length, brevity penalty); recomputed here from pycocoevalcap's
-  per-report counts so that its bootstrap can resample reports.
+  per-report counts, so that a resample (evaluation.stats) recomputes the corpus score.
 * METEOR: pycocoevalcap's METEOR 1.5 jar (corpus score from the jar's aggregate statistics).
 * ROUGE-L: pycocoevalcap's ROUGE-L (LCS F-measure, beta 1.2), mean over reports.
-* CIDEr: pycocoevalcap's CIDEr-D (document frequencies from the evaluated references), mean.
+* CIDEr: pycocoevalcap's CIDEr-D (document frequencies from the evaluated references), mean. A
+  resample keeps the document frequencies of the whole evaluated set (recomputing them per resample
+  would cost a CIDEr run each) and resamples the per-report scores.
 
 METEOR's jar loads its paraphrase table for ~20 s on a small CPU; ``start_meteor()`` starts it
 in the background (evaluation.run calls it before generation so the two overlap).
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.metrics import bootstrap_ci, headline_entry
+from evaluation.stats import Statistic, mean_of
 
 PUNCTUATIONS = {
     "''",
@@ -157,17 +159,6 @@ def start_meteor():
         return _meteor
 
 
-def shifted_ci(score: float, per_sample: np.ndarray, n_boot: int, seed: int) -> tuple:
-    """CI of a corpus score that resampling cannot recompute cheaply (METEOR's jar aggregates its
-    own statistics, so the corpus score is not the mean of the per-sample scores): the bootstrap
-    spread of the per-sample mean, placed around the corpus score."""
-    lo, hi = bootstrap_ci(per_sample, n_resamples=n_boot, seed=seed)
-    if lo is None:
-        return lo, hi
-    mean = float(np.mean(per_sample))
-    return max(0.0, score + lo - mean), min(1.0, score + hi - mean)
-
-
 def meteor_scores(refs: list[str], hyps: list[str]) -> tuple[float, np.ndarray]:
     meteor = start_meteor()
     if meteor is None:
@@ -198,11 +189,10 @@ def report_metrics(
     refs: list[str],
     hyps: list[str],
     meteor: bool = True,
-    n_boot: int = 1000,
-    seed: int = 0,
     tokenized: tuple[list[str], list[str], str] | None = None,
-) -> tuple[dict, dict]:
-    """Summary (with 95% bootstrap CIs) and per-report scores for the report texts."""
+) -> tuple[dict, dict, dict[str, Statistic]]:
+    """(summary values, per-report scores, the metrics as ``evaluation.stats.Statistic`` over the
+    reports' positions 0..n-1, for their intervals)."""
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
@@ -214,27 +204,23 @@ def report_metrics(
     n = len(refs)
     out: dict = {"n": n, "tokenizer": method}
     per: dict = {}
+    stats: dict[str, Statistic] = {}
     if n == 0:
-        return out, per
-    stats = bleu_stats(ref_t, hyp_t)
-    bleus = corpus_bleu(stats)
+        return out, per, stats
+    index = np.arange(n)
+    counts = bleu_stats(ref_t, hyp_t)
     for k in range(4):
-        ci = bootstrap_ci(stats, lambda s, k=k: corpus_bleu(s)[k], n_resamples=n_boot, seed=seed)
-        out[f"bleu{k + 1}"] = headline_entry(bleus[k], ci, n)
+        stats[f"bleu{k + 1}"] = Statistic(counts, index, f"bleu{k + 1}")
 
     rouge = Rouge()
     per["rouge_l"] = np.array([rouge.calc_score([h], [r]) for r, h in zip(ref_t, hyp_t)], dtype=float)
-    out["rouge_l"] = headline_entry(
-        per["rouge_l"].mean(), bootstrap_ci(per["rouge_l"], n_resamples=n_boot, seed=seed), n
-    )
+    stats["rouge_l"] = mean_of(per["rouge_l"], index)
 
     gts = {i: [r] for i, r in enumerate(ref_t)}
     res = {i: [h] for i, h in enumerate(hyp_t)}
     _, cider = Cider().compute_score(gts, res)
     per["cider"] = np.asarray(cider, dtype=float)
-    out["cider"] = headline_entry(
-        per["cider"].mean(), bootstrap_ci(per["cider"], n_resamples=n_boot, seed=seed), n
-    )
+    stats["cider"] = mean_of(per["cider"], index)
 
     if not meteor:
         out["meteor"] = {"status": "skipped", "reason": "disabled (--no-meteor)"}
@@ -243,7 +229,13 @@ def report_metrics(
     else:
         try:
             score, per["meteor"] = meteor_scores(ref_t, hyp_t)
-            out["meteor"] = headline_entry(score, shifted_ci(score, per["meteor"], n_boot, seed), n)
+            # the jar's corpus score is not the mean of its per-report scores: resample the
+            # per-report mean, shifted onto the corpus score
+            stat = mean_of(per["meteor"], index)
+            stat.offset = score - stat.value()
+            stats["meteor"] = stat
         except Exception as e:  # the jar died (memory, broken install): say so, keep the rest
             out["meteor"] = {"status": "error", "reason": f"METEOR failed: {e}"}
-    return out, per
+    for key, stat in stats.items():
+        out[key] = stat.value()
+    return out, per, stats

@@ -2,14 +2,18 @@
 
     python -m evaluation.run --model outputs/grpo --data data/phantom --out outputs/eval/grpo \\
         [--split test] [--limit N] [--batch-size 8] [--backend transformers|vllm] \\
-        [--reasoning/--no-reasoning] [--max-new-tokens 256] [--name NAME]
+        [--reasoning/--no-reasoning] [--max-new-tokens 256] [--name NAME] \\
+        [--sample N] [--cluster study|patient|record]
 
 Writes into OUT:
   predictions.jsonl  one line per record as it is generated: {"id", "completion"}; a rerun (after
                      a crash or a kill) skips the ids already there and generates only the rest
   run_config.json    model, data, split, prompt mode, decoding: a rerun with other settings refuses
                      to mix them into the same predictions (use --overwrite or another --out)
-  results.json       metrics per task group, the headline metrics with 95% bootstrap CIs, timing
+  results.json       metrics per task group, the headline metrics with 95% CIs that resample whole
+                     studies (--cluster; evaluation.stats), timing
+  metric_rows.npz    every headline metric's per-record rows, so that evaluation.compare can pair two
+                     runs scored on the same records
   per_sample.jsonl   the extracted answer and per-sample scores of every record
   gallery.html       sampled images with the model's reasoning, its cited boxes and the gt boxes
 
@@ -30,10 +34,12 @@ from data_prep.families import FAMILIES, check_family, get_family
 from data_prep.io import atomic_write_text, read_records, write_jsonl
 from data_prep.schema import record_images
 from data_prep.trl_dataset import image_boxes
+from evaluation import stats as S
 from evaluation.generation import BACKENDS
 from evaluation.runs import (  # noqa: F401  (re-exported: callers read run.PREDICTIONS etc.)
     DEFAULT_MAX_NEW_TOKENS,
     GALLERY,
+    METRIC_ROWS,
     PER_SAMPLE,
     PREDICTIONS,
     RESULTS,
@@ -90,6 +96,8 @@ def evaluate(
     progress: bool = True,
     threads: int | None = None,
     family_name: str | None = None,
+    sample: int | None = None,
+    cluster: str = "study",
 ) -> dict:
     """Generate what is missing from OUT/predictions.jsonl, then score; returns the results dict.
 
@@ -106,6 +114,8 @@ def evaluate(
     boxes_of_image = image_boxes(records)  # of the whole split: a limited run may cut a study in two
     if limit is not None:
         records = records[:limit]
+    if sample is not None:
+        records = S.study_sample(records, sample, seed=seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pred_path = out / PREDICTIONS
@@ -126,6 +136,8 @@ def evaluate(
         "max_new_tokens": max_new_tokens,
         "backend": backend,
         "decoding": "greedy",
+        "limit": limit,
+        "sample": sample,
     }
     if metrics_only and (out / RUN_CONFIG).exists():
         old = json.loads((out / RUN_CONFIG).read_text())
@@ -174,7 +186,7 @@ def evaluate(
 
     t0 = time.perf_counter()
     completions = load_predictions(pred_path)
-    results, per_sample = score_run(
+    results, per_sample, stats = score_run(
         records,
         completions,
         reasoning,
@@ -184,6 +196,7 @@ def evaluate(
         seed=seed,
         boxes_of_image=boxes_of_image,
         family=family,
+        cluster=cluster,
     )
     score_seconds = time.perf_counter() - t0
     results = {
@@ -197,11 +210,19 @@ def evaluate(
             "scoring_s": round(score_seconds, 2),
             "batch_size": batch_size,
         },
-        "bootstrap": {"resamples": n_boot, "seed": seed, "confidence": 0.95, "method": "percentile"},
+        "bootstrap": {
+            "resamples": n_boot,
+            "seed": seed,
+            "confidence": 0.95,
+            "method": "percentile",
+            "cluster": cluster,
+            "clusters": len(set(S.cluster_codes(records, cluster).tolist())),
+        },
         **results,
     }
     atomic_write_text(out / RESULTS, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     write_jsonl(out / PER_SAMPLE, per_sample)
+    S.save_statistics(out / METRIC_ROWS, records, stats)
     if gallery:
         from evaluation.gallery import write_gallery
 
@@ -250,6 +271,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="output folder of this run")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None, help="first N records of the split")
+    ap.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="N records that span the split's studies (one per study first, tasks rotating; seeded)",
+    )
+    ap.add_argument(
+        "--cluster",
+        choices=S.CLUSTER_UNITS,
+        default="study",
+        help="what the CIs resample: whole studies (default), whole patients, or single records",
+    )
     ap.add_argument("--batch-size", type=int, default=8, help="records per generate call (vLLM: use 256+)")
     ap.add_argument("--backend", choices=BACKENDS, default="transformers")
     ap.add_argument(
@@ -316,6 +349,8 @@ def main(argv: list[str] | None = None) -> None:
         metrics_only=args.metrics_only,
         threads=args.threads,
         family_name=args.family,
+        sample=args.sample,
+        cluster=args.cluster,
     )
     print("\n".join(summary_lines(results)))
     print(f"results: {Path(args.out) / RESULTS}")

@@ -16,6 +16,7 @@ PREDICTIONS = "predictions.jsonl"
 RUN_CONFIG = "run_config.json"
 RESULTS = "results.json"
 PER_SAMPLE = "per_sample.jsonl"
+METRIC_ROWS = "metric_rows.npz"  # evaluation.stats.save_statistics: what compare pairs
 GALLERY = "gallery.html"
 DEFAULT_MAX_NEW_TOKENS = 256
 

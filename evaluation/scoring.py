@@ -8,7 +8,8 @@ Used by ``evaluation.run`` after generation and usable alone on any predictions 
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from data_prep.schema import image_key
 from data_prep.trl_dataset import image_boxes
 from evaluation import metrics as M
 from evaluation import nlg
+from evaluation import stats as S
 from rewards import grounded as G
 from rewards.grounded import GROUNDED_WEIGHTS
 from rewards.parsing import parse
@@ -62,9 +64,13 @@ def score_run(
     seed: int = 0,
     boxes_of_image: dict | None = None,
     family=None,
-) -> tuple[dict, list[dict]]:
-    """(results, per-sample rows). A record without a completion is scored as an empty answer.
+    cluster: str = "study",
+) -> tuple[dict, list[dict], dict[str, S.Statistic]]:
+    """(results, per-sample rows, headline metrics as Statistics). A record without a completion is
+    scored as an empty answer.
 
+    Headline intervals resample whole clusters (``cluster``: study, patient or record; evaluation.stats);
+    the Statistics let ``evaluation.compare`` pair two runs scored on the same records.
     ``boxes_of_image`` (image -> every box annotated on it, ``data_prep.trl_dataset.image_boxes`` of the
     whole split) is what the grounded reward's grounding term checks; default: from ``records``.
     ``family`` (data_prep.families): a relative-coordinate family's completions are scored against the
@@ -79,7 +85,6 @@ def score_run(
         }
         records = [in_convention(r, family) for r in records]
     texts = [completions.get(r["id"], "") for r in records]
-    missing = sum(1 for r in records if r["id"] not in completions)
     extracted = [M.extract_answer(t) for t in texts]
     answers = [a for a, _ in extracted]
     per_sample = [
@@ -99,135 +104,27 @@ def score_run(
     boxed = np.array([float(src == "boxed") for _, src in extracted])
     results: dict = {
         "n": len(records),
-        "n_missing_predictions": missing,
-        "tasks": dict(sorted(_count(r["task"] for r in records).items())),
+        "n_missing_predictions": sum(1 for r in records if r["id"] not in completions),
+        "tasks": dict(sorted(Counter(r["task"] for r in records).items())),
         "answers": {
             "boxed_rate": M._mean(boxed),
             "raw_fallback_rate": M._mean(1 - boxed) if len(boxed) else None,
         },
     }
-    headline: dict = {}
+    stats: dict[str, S.Statistic] = {}
     if len(boxed):
-        headline["answers/boxed_rate"] = M.headline_entry(
-            boxed.mean(), M.bootstrap_ci(boxed, n_resamples=n_boot, seed=seed), len(boxed)
-        )
+        stats["answers/boxed_rate"] = S.mean_of(boxed, np.arange(len(boxed)))
 
     groups = defaultdict(list)
     for i, r in enumerate(records):
         groups[M.task_group(r["task"])].append(i)
-
-    if groups.get("report"):
-        idx = groups["report"]
-        results["report"] = _score_reports(
-            [records[i] for i in idx],
-            [answers[i] for i in idx],
-            meteor,
-            model_metrics,
-            n_boot,
-            seed,
-            headline,
-        )
-        for i, score in zip(idx, results["report"].pop("_per_rouge")):
-            per_sample[i].update(score=score, score_name="rouge_l")
-
-    if groups.get("vqa"):
-        idx = groups["vqa"]
-        recs = [records[i] for i in idx]
-        summary, scores = M.vqa_metrics(recs, [answers[i] for i in idx])
-        results["vqa"] = summary
-        headline["vqa/accuracy"] = M.headline_entry(
-            summary["accuracy"], M.bootstrap_ci(scores, n_resamples=n_boot, seed=seed), len(scores)
-        )
-        kinds = np.array([M.vqa_kind(r) for r in recs])
-        for kind, key in (("closed", "vqa/closed"), ("open", "vqa/open")):
-            sel = scores[kinds == kind]
-            if len(sel):
-                headline[key] = M.headline_entry(
-                    sel.mean(), M.bootstrap_ci(sel, n_resamples=n_boot, seed=seed), len(sel)
-                )
-        for i, rec, s in zip(idx, recs, scores):
-            per_sample[i].update(score=float(s), score_name=M.vqa_kind(rec))
-
-    if groups.get("classification"):
-        idx = groups["classification"]
-        summary, arrays = M.classification_metrics([records[i] for i in idx], [answers[i] for i in idx])
-        results["classification"] = summary
-        counts, extra = arrays["counts"], arrays["extra_fp"]
-        flat = np.concatenate([counts.reshape(len(idx), -1), extra[:, None]], axis=1)
-        n_lab = counts.shape[1]
-
-        def unflat(rows):
-            return rows[:, :-1].reshape(len(rows), n_lab, 3), rows[:, -1]
-
-        headline["classification/micro_f1"] = M.headline_entry(
-            summary["micro_f1"],
-            M.bootstrap_ci(flat, lambda r: M.micro_f1_from(*unflat(r)), n_resamples=n_boot, seed=seed),
-            len(idx),
-        )
-        headline["classification/macro_f1"] = M.headline_entry(
-            summary["macro_f1"],
-            M.bootstrap_ci(flat, lambda r: M.macro_f1_from(unflat(r)[0]), n_resamples=n_boot, seed=seed),
-            len(idx),
-        )
-        for i in idx:
-            gold, pred = M.label_set(records[i]["answer"]), M.label_set(answers[i])
-            per_sample[i].update(score=M.set_f1(pred, gold), score_name="label_set_f1")
-
-    if groups.get("grounding"):
-        idx = groups["grounding"]
-        summary, arrays = M.grounding_metrics([records[i] for i in idx], [answers[i] for i in idx])
-        results["grounding"] = summary
-        n_cls = arrays["n_classes"]
-        headline["grounding/map50"] = M.headline_entry(
-            summary["map50"],
-            M.bootstrap_ci(
-                arrays["rows"], lambda r: M.map_from_rows(r, n_cls), n_resamples=n_boot, seed=seed
-            ),
-            len(idx),
-        )
-        for key in ("miou", "acc50"):
-            arr = arrays["iou" if key == "miou" else "acc50"]
-            headline[f"grounding/{key}"] = M.headline_entry(
-                summary[key], M.bootstrap_ci(arr, n_resamples=n_boot, seed=seed), len(idx)
-            )
-        for i, iou in zip(idx, arrays["iou"]):
-            per_sample[i].update(score=float(iou), score_name="iou", answer_boxes=M.answer_boxes(answers[i]))
+    task = TaskData(records, answers, per_sample, meteor, model_metrics)
+    for group, scorer in TASK_SCORERS.items():
+        if groups.get(group):
+            results[group] = scorer(task, np.asarray(groups[group]), stats)
 
     if reasoning:
-        samples = [M.reasoning_sample(t, r) for t, r in zip(texts, records)]
-        summary, arrays = M.reasoning_metrics(samples)
-        by_task = {}
-        for task in sorted({r["task"] for r in records}):
-            sel = [s for s, r in zip(samples, records) if r["task"] == task]
-            by_task[task] = M.reasoning_metrics(sel)[0]
-        summary["by_task"] = by_task
-        results["reasoning"] = summary
-        headline["reasoning/format_rate"] = M.headline_entry(
-            summary["format_rate"],
-            M.bootstrap_ci(arrays["format"], n_resamples=n_boot, seed=seed),
-            len(samples),
-        )
-        headline["reasoning/boxes_per_answer"] = M.headline_entry(
-            summary["boxes_per_answer"],
-            M.bootstrap_ci(arrays["boxes"], n_resamples=n_boot, seed=seed),
-            len(samples),
-        )
-        if summary["valid_box_rate"] is not None:
-            headline["reasoning/valid_box_rate"] = M.headline_entry(
-                summary["valid_box_rate"],
-                M.bootstrap_ci(arrays["valid_rows"], _ratio_of_sums, n_resamples=n_boot, seed=seed),
-                summary["cited_boxes"],
-            )
-        if len(arrays["cited_iou"]):
-            headline["reasoning/cited_box_iou"] = M.headline_entry(
-                summary["cited_box_iou"],
-                M.bootstrap_ci(arrays["cited_iou"], n_resamples=n_boot, seed=seed),
-                len(arrays["cited_iou"]),
-            )
-        for row, s in zip(per_sample, samples):
-            row["reasoning"] = {
-                k: s[k] for k in ("format", "n_boxes", "n_valid", "cited_iou", "cited_hit50", "cited_boxes")
-            }
+        results["reasoning"] = _score_reasoning(task, texts, stats)
     else:
         results["reasoning"] = None
 
@@ -240,55 +137,148 @@ def score_run(
         "terms": {k: _mean_of(r[k] for r in rewards) for k in GROUNDED_WEIGHTS},
         "weights": dict(GROUNDED_WEIGHTS),
     }
-    headline["reward/grounded"] = M.headline_entry(
-        total.mean(), M.bootstrap_ci(total, n_resamples=n_boot, seed=seed), len(total)
-    )
+    stats["reward/grounded"] = S.mean_of(total, np.arange(len(total)))
 
     results["by_source"] = _by_source(records, answers, per_sample)
-    results["headline"] = {k: headline[k] for k, _ in HEADLINE if k in headline}
-    return results, per_sample
+    stats = {k: stats[k] for k, _ in HEADLINE if k in stats}
+    codes = S.cluster_codes(records, cluster)
+    results["headline"] = {k: S.headline(stat, codes, n_boot, seed) for k, stat in stats.items()}
+    results["headline"].update((results.get("report") or {}).pop("_not_resampled", {}))
+    results["headline"] = {k: results["headline"][k] for k, _ in HEADLINE if k in results["headline"]}
+    return results, per_sample, stats
 
 
-def _score_reports(recs, answers, meteor, model_metrics, n_boot, seed, headline) -> dict:
+@dataclass
+class TaskData:
+    """What every per-task scorer reads: all records, their extracted answers, the per-sample rows
+    it fills in, and the report-metric switches."""
+
+    records: list[dict]
+    answers: list[str]
+    per_sample: list[dict]
+    meteor: bool
+    model_metrics: bool
+
+
+def _score_vqa(task: TaskData, idx: np.ndarray, stats: dict) -> dict:
+    recs = [task.records[i] for i in idx]
+    summary, scores = M.vqa_metrics(recs, [task.answers[i] for i in idx])
+    stats["vqa/accuracy"] = S.mean_of(scores, idx)
+    kinds = np.array([M.vqa_kind(r) for r in recs])
+    for kind, key in (("closed", "vqa/closed"), ("open", "vqa/open")):
+        if (kinds == kind).any():
+            stats[key] = S.mean_of(scores[kinds == kind], idx[kinds == kind])
+    for i, rec, s in zip(idx, recs, scores):
+        task.per_sample[i].update(score=float(s), score_name=M.vqa_kind(rec))
+    return summary
+
+
+def _score_classification(task: TaskData, idx: np.ndarray, stats: dict) -> dict:
+    summary, arrays = M.classification_metrics([task.records[i] for i in idx], [task.answers[i] for i in idx])
+    counts, extra = arrays["counts"], arrays["extra_fp"]  # (n, labels, tp/fp/fn), (n,)
+    rows = np.concatenate([counts[:, :, 0], counts[:, :, 1], counts[:, :, 2], extra[:, None]], axis=1)
+    stats["classification/micro_f1"] = S.Statistic(rows, idx, "micro_f1")
+    stats["classification/macro_f1"] = S.Statistic(rows, idx, "macro_f1")
+    for i in idx:
+        gold, pred = M.label_set(task.records[i]["answer"]), M.label_set(task.answers[i])
+        task.per_sample[i].update(score=M.set_f1(pred, gold), score_name="label_set_f1")
+    return summary
+
+
+def _score_grounding(task: TaskData, idx: np.ndarray, stats: dict) -> dict:
+    summary, arrays = M.grounding_metrics([task.records[i] for i in idx], [task.answers[i] for i in idx])
+    rows, n_cls = arrays["rows"], arrays["n_classes"]  # rows: [class, tp, n_pred, n_gt]
+    per_class = np.zeros((len(idx), 3 * n_cls))
+    for j, (cls, tp, npred, ngt) in enumerate(rows):
+        per_class[j, [int(cls), n_cls + int(cls), 2 * n_cls + int(cls)]] = tp, npred, ngt
+    stats["grounding/map50"] = S.Statistic(per_class, idx, "map")
+    stats["grounding/miou"] = S.mean_of(arrays["iou"], idx)
+    stats["grounding/acc50"] = S.mean_of(arrays["acc50"], idx)
+    for i, iou in zip(idx, arrays["iou"]):
+        task.per_sample[i].update(
+            score=float(iou), score_name="iou", answer_boxes=M.answer_boxes(task.answers[i])
+        )
+    return summary
+
+
+def _score_reports(task: TaskData, idx: np.ndarray, stats: dict) -> dict:
+    recs = [task.records[i] for i in idx]
+    answers = [task.answers[i] for i in idx]
     refs = [r["answer"] for r in recs]
     toks, method = nlg.tokenize(refs + list(answers))
     ref_t, hyp_t = toks[: len(refs)], toks[len(refs) :]
-    summary, per = nlg.report_metrics(
-        refs, answers, meteor=meteor, n_boot=n_boot, seed=seed, tokenized=(ref_t, hyp_t, method)
+    summary, per, text_stats = nlg.report_metrics(
+        refs, answers, meteor=task.meteor, tokenized=(ref_t, hyp_t, method)
     )
-    for key in ("bleu1", "bleu4", "meteor", "rouge_l", "cider"):
-        if "value" in summary.get(key, {}):
-            headline[f"report/{key}"] = summary[key]
-    # Per task (findings / impression) and per source: the same text metrics, no CIs, no METEOR.
+    for key, stat in text_stats.items():
+        stats[f"report/{key}"] = S.Statistic(stat.rows, idx[stat.index], stat.finish, stat.offset)
+    # Per task (findings / impression): the same text metrics, no intervals, no METEOR.
     by_task = {}
-    for task in sorted({r["task"] for r in recs}):
-        sel = [i for i, r in enumerate(recs) if r["task"] == task]
-        sub, _ = nlg.report_metrics(
+    for name in sorted({r["task"] for r in recs}):
+        sel = [i for i, r in enumerate(recs) if r["task"] == name]
+        sub, _, _ = nlg.report_metrics(
             [refs[i] for i in sel],
             [answers[i] for i in sel],
             meteor=False,
-            n_boot=0,
             tokenized=([ref_t[i] for i in sel], [hyp_t[i] for i in sel], method),
         )
-        by_task[task] = _values(sub)
+        by_task[name] = sub
     summary["by_task"] = by_task
-    if model_metrics:
+    if task.model_metrics:
         from evaluation.model_metrics import clinical_metrics
 
-        clinical = clinical_metrics(refs, list(answers), n_boot=n_boot, seed=seed)
-        summary.update(clinical)
+        clinical = clinical_metrics(refs, list(answers))
         for key in ("bertscore_f1", "radgraph_f1"):
-            if "value" in clinical[key]:
-                headline[f"report/{key}"] = clinical[key]
+            if "per_sample" in clinical[key]:
+                stats[f"report/{key}"] = S.mean_of(clinical[key].pop("per_sample"), idx)
+        summary.update(clinical)
         chex = clinical["chexbert"]
         for key in ("micro_f1_14", "macro_f1_14", "micro_f1_5", "macro_f1_5"):
-            if key in chex:
-                headline[f"report/chexbert_{key}"] = M.headline_entry(chex[key], (None, None), chex["n"])
+            if key in chex:  # the package returns corpus scores only: no interval
+                summary.setdefault("_not_resampled", {})[f"report/chexbert_{key}"] = {
+                    "value": chex[key],
+                    "ci_low": None,
+                    "ci_high": None,
+                    "n": chex["n"],
+                }
     else:
         note = {"status": "skipped", "reason": "disabled (--no-model-metrics)"}
         summary.update({"bertscore_f1": note, "radgraph_f1": note, "chexbert": note})
-    summary["_per_rouge"] = per.get("rouge_l", np.zeros(len(recs))).tolist()
+    for i, score in zip(idx, per.get("rouge_l", np.zeros(len(recs)))):
+        task.per_sample[i].update(score=float(score), score_name="rouge_l")
     return summary
+
+
+def _score_reasoning(task: TaskData, texts: list[str], stats: dict) -> dict:
+    records = task.records
+    samples = [M.reasoning_sample(t, r) for t, r in zip(texts, records)]
+    summary, arrays = M.reasoning_metrics(samples)
+    summary["by_task"] = {
+        name: M.reasoning_metrics([s for s, r in zip(samples, records) if r["task"] == name])[0]
+        for name in sorted({r["task"] for r in records})
+    }
+    everyone = np.arange(len(samples))
+    stats["reasoning/format_rate"] = S.mean_of(arrays["format"], everyone)
+    stats["reasoning/boxes_per_answer"] = S.mean_of(arrays["boxes"], everyone)
+    if summary["valid_box_rate"] is not None:
+        stats["reasoning/valid_box_rate"] = S.Statistic(arrays["valid_rows"], everyone, "ratio")
+    with_gt = np.array([i for i, s in enumerate(samples) if s["cited_iou"] is not None], dtype=int)
+    if len(with_gt):
+        stats["reasoning/cited_box_iou"] = S.mean_of(arrays["cited_iou"], with_gt)
+    for row, s in zip(task.per_sample, samples):
+        row["reasoning"] = {
+            k: s[k] for k in ("format", "n_boxes", "n_valid", "cited_iou", "cited_hit50", "cited_boxes")
+        }
+    return summary
+
+
+# Task group -> its scorer: fills ``stats`` with the group's headline metrics, returns its summary.
+TASK_SCORERS = {
+    "report": _score_reports,
+    "vqa": _score_vqa,
+    "classification": _score_classification,
+    "grounding": _score_grounding,
+}
 
 
 def grounded_rewards(texts: list[str], records: list[dict], boxes_of_image: dict | None = None) -> list[dict]:
@@ -328,20 +318,4 @@ def _by_source(records, answers, per_sample) -> dict:
     out: dict = defaultdict(dict)
     for (source, task), scores in sorted(acc.items()):
         out[source][task] = {"n": len(scores), names[(source, task)]: float(np.mean(scores))}
-    return dict(out)
-
-
-def _values(summary: dict) -> dict:
-    return {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in summary.items()}
-
-
-def _ratio_of_sums(rows: np.ndarray) -> float | None:
-    total = rows[:, 1].sum()
-    return float(rows[:, 0].sum() / total) if total else None
-
-
-def _count(items) -> dict:
-    out: dict = defaultdict(int)
-    for x in items:
-        out[x] += 1
     return dict(out)

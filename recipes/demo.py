@@ -22,12 +22,63 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.synthesis.offline_teacher import parse_unboxed
+from evaluation.curves import smooth, terms
 
 STAGES = ("phantom", "tiny-model", "sft", "coldstart-data", "coldstart", "grpo", "eval")
 # The offline teacher names these findings without their box in 2 of 3 studies unless asked about
 # them (a teacher that localises only what it was asked): the cold start inherits the habit and
 # GRPO's grounding and coordinate terms pay for the boxes (docs/demo-notes.md, session 4).
 UNBOXED = "cardiomegaly=0.67,pleural effusion=0.67"
+
+
+# Test records each stage is evaluated on: every one of the phantom test split's 227 studies, about two
+# records each, tasks in the split's proportions (evaluation.stats.study_sample).
+EVAL_SAMPLE = 460
+# What the demo's table must show about RL (GRPO against the cold start, paired, studies resampled):
+MUST_IMPROVE = {"reward/grounded": "grounded reward", "reasoning/cited_box_iou": "cited-box IoU"}
+FLOOR = {"reasoning/format_rate": 0.9, "vqa/closed": 0.8}  # the GRPO checkpoint's value >= these
+IOU_FLOOR = 0.5  # and its cited-box IoU above this
+
+
+def rl_checks(
+    comparison: dict, run: str = "grpo", baseline: str = "coldstart"
+) -> dict[str, tuple[bool, str]]:
+    """The demo's four checks on evaluation.compare's comparison.json: name -> (passed, why).
+
+    1-2. GRPO - cold start is marked better (paired, Holm-adjusted) on the grounded reward and on
+         cited-box IoU; 3. no headline metric is marked worse; 4. GRPO meets the floor."""
+    pair = next((d for d in comparison["differences"] if (d["run"], d["baseline"]) == (run, baseline)), None)
+    if pair is None or "refused" in pair:
+        return {"paired": (False, pair["refused"] if pair else f"no {run} - {baseline} comparison")}
+    diffs, out = pair["metrics"], {}
+
+    def shown(key):
+        d = diffs[key]
+        return f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+
+    for key, label in MUST_IMPROVE.items():
+        ok = key in diffs and diffs[key]["verdict"] == "better"
+        out[f"{label} up"] = (ok, shown(key) if key in diffs else "not measured")
+    worse = [f"{k} {shown(k)}" for k, d in diffs.items() if d["verdict"] == "worse"]
+    out["nothing worse"] = (not worse, "; ".join(worse) or "no headline metric significantly worse")
+    values = {row["metric"]: (row["runs"].get(run) or {}).get("value") for row in comparison["rows"]}
+    short = [f"{k} {values.get(k)}" for k, v in FLOOR.items() if values.get(k) is None or values[k] < v]
+    iou = values.get("reasoning/cited_box_iou")
+    if iou is None or iou <= IOU_FLOOR:
+        short.append(f"cited-box IoU {iou} <= {IOU_FLOOR}")
+    fmt = ", ".join(
+        f"{k.split('/')[1]} {values.get(k):.3f}"
+        for k in (*FLOOR, "reasoning/cited_box_iou")
+        if values.get(k) is not None
+    )
+    out["floor"] = (not short, "; ".join(short) or f"met ({fmt})")
+    return out
+
+
+def check_lines(checks: dict[str, tuple[bool, str]]) -> list[str]:
+    lines = ["What RL did (GRPO minus cold start on the same records, studies resampled):"]
+    lines += [f"  {'pass' if ok else 'FAIL'}  {name}: {why}" for name, (ok, why) in checks.items()]
+    return lines
 
 
 @dataclass
@@ -137,14 +188,17 @@ def plot_rewards(grpo_dir: Path, png: Path) -> Path | None:
     if not history:
         return None
     steps = [h["step"] for h in history]
-    keys = sorted({k for h in history for k in h if k.startswith("rewards/") and k.endswith("/mean")})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     ax = axes[0]
-    ax.plot(steps, [h["reward"] for h in history], "k-", lw=2, label="total (weighted)")
-    for k in keys:
-        ax.plot(steps, [h.get(k) for h in history], marker=".", label=k.split("/")[1])
+    # Raw points are one batch each (mostly noise); the line is the smoothed trend.
+    for i, key in enumerate(terms(history)):
+        values = [h.get(key) for h in history]
+        color = "k" if key == "reward" else f"C{i}"
+        label = "total (weighted)" if key == "reward" else key.split("/")[1]
+        ax.plot(steps, values, ".", color=color, alpha=0.3, ms=3)
+        ax.plot(steps, smooth(values), "-", color=color, lw=2 if key == "reward" else 1.3, label=label)
     ax.set_ylabel("mean reward")
-    ax.set_title("reward per term")
+    ax.set_title("reward per term (points: one step; lines: smoothed)")
     ax.legend(fontsize=8)
     axes[1].plot(steps, [h.get("kl") for h in history], "C3.-")
     axes[1].set_title("KL to the cold start (reference)")
@@ -176,7 +230,13 @@ def main() -> None:
     ap.add_argument("--out", default="outputs")
     ap.add_argument("--studies", type=int, default=2400, help="phantom studies to generate")
     ap.add_argument("--size", type=int, default=112, help="phantom image side (multiple of 28)")
-    ap.add_argument("--eval-limit", type=int, default=200, help="test records evaluated per stage")
+    ap.add_argument(
+        "--eval-sample",
+        type=int,
+        default=EVAL_SAMPLE,
+        help="test records evaluated per stage, drawn to span every test study (evaluation.stats.study_sample; "
+        "default: %(default)s)",
+    )
     ap.add_argument(
         "--seed",
         type=int,
@@ -258,8 +318,8 @@ def main() -> None:
         model, reasoning = runs[name]
         tokens = "32" if name == "base" else "160"  # the untrained model writes noise: 32 tokens show it
         cmd = py + ["evaluation.run", "--model", str(model), "--data", str(phantom), "--split", "test"]
-        cmd += ["--limit", str(args.eval_limit), "--out", str(evals / name), "--name", name]
-        cmd += ["--batch-size", "16", "--max-new-tokens", tokens, "--bootstrap", "200", "--gallery", "24"]
+        cmd += ["--sample", str(args.eval_sample), "--out", str(evals / name), "--name", name]
+        cmd += ["--batch-size", "16", "--max-new-tokens", tokens, "--bootstrap", "1000", "--gallery", "24"]
         cmd += ["--reasoning" if reasoning else "--no-reasoning"]
         return Job(f"eval-{name}", evals / name / "results.json", cmd)
 
@@ -294,12 +354,15 @@ def main() -> None:
         if png:
             print(f"reward curves: {png}")
     if args.stop_after == "eval":
-        cmd = py + ["evaluation.compare", "--out", str(evals / "compare"), "--runs"]
+        # each stage against the one before it: SFT vs base, cold start vs SFT, GRPO vs cold start
+        cmd = py + ["evaluation.compare", "--out", str(evals / "compare"), "--baseline", "previous", "--runs"]
         cmd += [f"{name}={evals / name}" for name in runs]
         execute(Job("compare", None, cmd), demo / "logs", stream=True)
         print(
             f"\ncomparison table: {evals / 'compare'}; gallery of the final model: {evals / 'grpo' / 'gallery.html'}"
         )
+        checks = rl_checks(json.loads((evals / "compare" / "comparison.json").read_text()))
+        print("\n" + "\n".join(check_lines(checks)))
 
     total = time.time() - t_start
     if timings:  # a rerun that skipped everything keeps the timings of the run that did the work

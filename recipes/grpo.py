@@ -17,6 +17,7 @@ recipes/vision_tokens.py keeps vision special tokens out of every completion.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +33,10 @@ from trl import (
 )
 
 from data_prep.families import FamilyMismatch, check_family
-from data_prep.io import image_paths
+from data_prep.io import atomic_write_text, image_paths
 from data_prep.prompts import build_prompt
 from data_prep.trl_dataset import grpo_dataset, image_boxes, load_checked_records
+from evaluation.curves import reward_trend, trend_lines
 from recipes import vision_tokens, vllm_cpu, vllm_guard
 from recipes.common import end_distributed, last_checkpoint, load_processor, save_final
 from rewards import REWARD_SETS, get_reward_funcs
@@ -244,12 +246,31 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig, m
     return trainer, guard
 
 
+def report_trend(trainer, output_dir: str) -> None:
+    """Print, save (reward_trend.json) and log to the tracker how each reward term moved over training."""
+    trend = reward_trend(trainer.state.log_history)
+    if not trend:
+        return
+    print("\n".join(trend_lines(trend)))
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(output_dir) / "reward_trend.json", json.dumps(trend, indent=2) + "\n")
+    if "wandb" in (trainer.args.report_to or []):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.run.summary.update(
+                {f"trend/{key}/{k}": v for key, t in trend.items() for k, v in t.items() if k != "steps"}
+            )
+
+
 def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
     trainer, guard = build_trainer(script_args, training_args, model_args)
     processor = trainer.processing_class
     trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir, script_args.resume))
     if guard is not None:
         print(f"vLLM guard: {guard.checked} rollout prompts checked, image tokens as sent")
+    if trainer.accelerator.is_main_process:
+        report_trend(trainer, training_args.output_dir)
     save_final(trainer, processor, training_args.output_dir, model_args, script_args.merge_lora)
     if trainer.accelerator.is_main_process:
         trainer.create_model_card(

@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default="outputs/phantom")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the recipe's max_steps)")
-    ap.add_argument("--val-limit", type=int, default=None, help="validation records (default: all)")
+    ap.add_argument(
+        "--val-sample", type=int, default=None, help="validation records, spanning its studies (default: all)"
+    )
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", default="outputs/reward-study")
     args = ap.parse_args(argv)
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = {f"{mode}-seed{seed}": out / f"{mode}-seed{seed}" for mode in REWARD_SETS for seed in args.seeds}
     results = {
         "coldstart": evaluate(
-            coldstart, data, "validation", args.val_limit, out / "eval" / "coldstart", args.bootstrap
+            coldstart, data, "validation", args.val_sample, out / "eval" / "coldstart", args.bootstrap
         )
     }
     # Per seed, the two rewards' runs train side by side (one thread each, the two cores), then
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
                 f.result()
             scored = {
                 name: pool.submit(
-                    evaluate, folder, data, "validation", args.val_limit, out / "eval" / name, args.bootstrap
+                    evaluate, folder, data, "validation", args.val_sample, out / "eval" / name, args.bootstrap
                 )
                 for name, folder in pair.items()
             }
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     plot_boxes(runs, out / "boxes_per_step.png")
     md = (
         f"# Reward study: paper vs grounded reward from {coldstart}\n\n"
-        f"{args.val_limit or 'All'} validation records, greedy; value [95% bootstrap CI].\n\n"
+        f"{args.val_sample or 'All'} validation records, greedy; value [95% bootstrap CI].\n\n"
         + table(results)
     )
     atomic_write_text(out / "study.md", md)

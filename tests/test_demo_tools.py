@@ -28,42 +28,69 @@ def headline(reward, iou, miou, closed, fmt=1.0):
     }
 
 
-def test_checks_pass_when_one_metric_clears_and_none_drops():
-    before = headline(1.00, 0.55, 0.50, 0.86)
-    after = headline(1.10, 0.54, 0.52, 0.93)  # closed: [0.91, 0.95] above [0.84, 0.88]; IoU -0.01 < 0.03
-    result = demo_seeds.checks(before, after, headline(1.1, 0.56, 0.5, 0.9))
-    assert all(ok for ok, _ in result.values()), result
-    assert "closed VQA" in result["CI-clear gain"][1]
+def diff(value, half, verdict):
+    return {"diff": value, "ci_low": value - half, "ci_high": value + half, "verdict": verdict}
 
 
-def test_checks_fail_on_overlap_drop_and_floor():
-    before = headline(1.00, 0.55, 0.50, 0.86)
-    after = headline(1.01, 0.50, 0.52, 0.89)  # closed CIs overlap ([0.87, 0.91] vs [0.84, 0.88]); IoU -0.05
-    test = headline(0.9, 0.49, 0.5, 0.79, fmt=0.95)
-    result = demo_seeds.checks(before, after, test)
-    assert result["reward up"][0]
-    assert not result["CI-clear gain"][0]
-    assert not result["no drop"][0] and "cited-box IoU -0.050 > 0.030" in result["no drop"][1]
-    assert not result["test floor"][0]
+def comparison(diffs: dict, grpo: dict) -> dict:
+    """comparison.json as evaluation.compare writes it: GRPO's values and GRPO - cold start."""
+    rows = [{"metric": k, "runs": {"grpo": {"value": v}}} for k, v in grpo.items()]
+    return {"rows": rows, "differences": [{"run": "grpo", "baseline": "coldstart", "metrics": diffs}]}
+
+
+GOOD = {"reasoning/format_rate": 0.98, "vqa/closed": 0.85, "reasoning/cited_box_iou": 0.6}
+
+
+def test_rl_checks_pass_on_a_clear_gain_at_the_floor():
+    diffs = {
+        "reward/grounded": diff(0.1, 0.04, "better"),
+        "reasoning/cited_box_iou": diff(0.07, 0.03, "better"),
+        "vqa/closed": diff(-0.02, 0.05, "no difference"),
+    }
+    checks = demo.rl_checks(comparison(diffs, GOOD))
+    assert all(ok for ok, _ in checks.values()), checks
+    assert "met (format_rate 0.980, closed 0.850, cited_box_iou 0.600)" in checks["floor"][1]
+
+
+def test_rl_checks_fail_on_no_gain_a_worse_metric_and_the_floor():
+    diffs = {
+        "reward/grounded": diff(0.03, 0.05, "no difference"),
+        "reasoning/cited_box_iou": diff(0.07, 0.03, "better"),
+        "vqa/closed": diff(-0.09, 0.04, "worse"),
+    }
+    checks = demo.rl_checks(comparison(diffs, {**GOOD, "vqa/closed": 0.79, "reasoning/cited_box_iou": 0.5}))
+    assert not checks["grounded reward up"][0] and checks["cited-box IoU up"][0]
     assert (
-        "closed VQA 0.790 < 0.8" in result["test floor"][1]
-        and "cited-box IoU 0.490" in result["test floor"][1]
+        not checks["nothing worse"][0] and "vqa/closed -0.090 [-0.130, -0.050]" in checks["nothing worse"][1]
     )
-    assert not demo_seeds.checks(before, headline(0.99, 0.6, 0.6, 0.95), test)["reward up"][0]
+    assert not checks["floor"][0]
+    assert "vqa/closed 0.79" in checks["floor"][1] and "cited-box IoU 0.5 <= 0.5" in checks["floor"][1]
+    refused = {
+        "rows": [],
+        "differences": [{"run": "grpo", "baseline": "coldstart", "refused": "other records"}],
+    }
+    assert demo.rl_checks(refused) == {"paired": (False, "other records")}
 
 
-def test_report_spread_over_seeds():
+def test_seeds_report_spread_and_checks():
     results = {}
     for seed, gain in ((0, 0.05), (1, 0.09)):
-        before, after = headline(1.0, 0.55, 0.5, 0.86), headline(1.0 + gain, 0.55, 0.5, 0.86 + gain)
-        results[seed] = {
-            "validation": {"coldstart": before, "grpo": after},
-            "test": {"coldstart": before, "grpo": after},
-            "checks": demo_seeds.checks(before, after, after),
+        diffs = {
+            "reward/grounded": diff(gain, 0.02, "better"),
+            "reasoning/cited_box_iou": diff(0.07, 0.03, "better"),
         }
+        c = comparison(diffs, GOOD)
+        c["rows"].append(
+            {
+                "metric": "reward/grounded",
+                "runs": {"coldstart": entry(1.0, 0.03), "grpo": entry(1.0 + gain, 0.03)},
+            }
+        )
+        results[seed] = {"comparison": c, "checks": demo.rl_checks(c)}
     md = demo_seeds.report(results)
-    assert "| validation | +0.070 [+0.050, +0.090] |" in md  # grounded reward: mean, min, max of the gains
-    assert md.count("| 0 coldstart |") == 2 and md.count("| 1 grpo |") == 2
+    assert "| +0.070 [+0.050, +0.090] |" in md  # grounded reward: mean, min, max of the differences
+    assert "| 1 difference | +0.090 [+0.070, +0.110] ▲ |" in md
+    assert md.count("pass  grounded reward up") == 2
 
 
 def write_state(folder, rows):

@@ -221,22 +221,6 @@ def test_reasoning_boxes_validity_and_cited_iou():
 # ----------------------------------------------------------------------------- bootstrap
 
 
-def test_bootstrap_deterministic_and_contains_point():
-    rng = np.random.default_rng(1)
-    x = rng.random(200)
-    a = M.bootstrap_ci(x, seed=7)
-    assert a == M.bootstrap_ci(x, seed=7)
-    assert a != M.bootstrap_ci(x, seed=8)
-    assert a[0] < x.mean() < a[1]
-    assert a[1] - a[0] < 0.2
-    # a ratio statistic over rows
-    rows = np.stack([rng.integers(0, 3, 100), np.full(100, 2)], axis=1).astype(float)
-    lo, hi = M.bootstrap_ci(rows, lambda r: r[:, 0].sum() / r[:, 1].sum(), n_resamples=300, seed=0)
-    assert lo <= rows[:, 0].sum() / rows[:, 1].sum() <= hi
-    assert M.bootstrap_ci([], seed=0) == (None, None)
-    assert M.bootstrap_ci([0.5, 0.5, 0.5]) == (0.5, 0.5)
-
-
 # ----------------------------------------------------------------------------- report text metrics
 
 
@@ -263,11 +247,10 @@ def test_bleu_by_hand_and_equal_to_pycocoevalcap():
 
 
 def test_rouge_l_and_cider_small_examples():
-    out, per = nlg.report_metrics(
+    out, per, stats = nlg.report_metrics(
         ["the cat is on the mat", "the cat sat", "no effusion"],
         ["the cat sat on the mat", "the cat", ""],
         meteor=False,
-        n_boot=50,
         tokenized=(
             ["the cat is on the mat", "the cat sat", "no effusion"],
             ["the cat sat on the mat", "the cat", ""],
@@ -277,8 +260,8 @@ def test_rouge_l_and_cider_small_examples():
     # LCS 5 of 6/6 -> 5/6; LCS 2: P 1, R 2/3, beta 1.2 -> (1 + b^2) P R / (R + b^2 P)
     b2 = 1.2**2
     assert per["rouge_l"].tolist() == pytest.approx([5 / 6, (1 + b2) * (2 / 3) / (2 / 3 + b2), 0.0])
-    assert out["rouge_l"]["value"] == pytest.approx(per["rouge_l"].mean())
-    assert per["cider"][2] == 0.0 and out["cider"]["value"] > 0
+    assert out["rouge_l"] == pytest.approx(per["rouge_l"].mean()) == stats["rouge_l"].value()
+    assert per["cider"][2] == 0.0 and out["cider"] > 0
     assert out["meteor"]["status"] == "skipped"
 
 
@@ -323,7 +306,7 @@ def test_score_run_good_predictions():
         "r5": "<think> heart [60, 80, 150, 160] </think>. The answer is: \\boxed{Pleural effusion | cardiomegaly}",
         "r6": "<think> nodule [10, 10, 50, 50] </think>. The answer is: \\boxed{[10, 10, 50, 50]}",
     }
-    results, per = score_run(
+    results, per, _ = score_run(
         mixed_records(), completions, reasoning=True, meteor=False, model_metrics=False, n_boot=100
     )
     h = results["headline"]
@@ -348,7 +331,7 @@ def test_score_run_good_predictions():
 
 def test_score_run_empty_and_missing_predictions():
     completions = {"r1": "", "r2": "", "r3": "", "r4": "", "r5": ""}  # r6 missing
-    results, per = score_run(
+    results, per, _ = score_run(
         mixed_records(), completions, reasoning=True, meteor=False, model_metrics=False, n_boot=50
     )
     h = results["headline"]
@@ -372,7 +355,7 @@ def test_score_run_empty_and_missing_predictions():
 
 
 def test_score_run_without_reasoning_prompt():
-    results, _ = score_run(
+    results, _, _ = score_run(
         mixed_records()[2:4],
         {"r3": "\\boxed{yes}", "r4": "\\boxed{left}"},
         reasoning=False,
@@ -416,17 +399,21 @@ def test_hub_offline_restores_state(monkeypatch):
     assert "HF_HUB_OFFLINE" not in __import__("os").environ and c.HF_HUB_OFFLINE == before
 
 
-def test_meteor_ci_brackets_the_corpus_score():
-    # METEOR's corpus score is not the mean of its per-sample scores: the CI must still hold it,
-    # with the width of the per-sample mean's bootstrap interval, clipped to [0, 1].
+def test_meteor_interval_brackets_the_corpus_score():
+    # METEOR's corpus score is not the mean of its per-sample scores: the resampled per-sample mean is
+    # shifted onto it, so the interval holds the corpus score with the per-sample mean's width.
+    from evaluation import stats as S
+
     per = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
-    lo, hi = M.bootstrap_ci(per, n_resamples=500, seed=1)
-    slo, shi = nlg.shifted_ci(0.62, per, 500, 1)
+    plain = S.mean_of(per, np.arange(6))
+    shifted = S.mean_of(per, np.arange(6))
+    shifted.offset = 0.62 - per.mean()
+    codes = np.arange(6)
+    lo, hi = S.interval(plain, codes, 500, seed=1)
+    slo, shi = S.interval(shifted, codes, 500, seed=1)
+    assert shifted.value() == pytest.approx(0.62)
     assert slo < 0.62 < shi
-    assert shi - slo == pytest.approx(hi - lo)
-    assert slo == pytest.approx(0.62 - (per.mean() - lo))
-    assert nlg.shifted_ci(0.99, per, 500, 1)[1] == 1.0
-    assert nlg.shifted_ci(0.5, per, 0, 1) == (None, None)
+    assert (slo, shi) == pytest.approx((lo + shifted.offset, hi + shifted.offset))
 
 
 def test_score_run_grounded_reward_mean_matches_the_training_reward():
@@ -446,7 +433,7 @@ def test_score_run_grounded_reward_mean_matches_the_training_reward():
         # right answer, no think block: format 0, coordinate 0, grounding None: 1
         "r3": "\\boxed{no}",
     }
-    results, per = score_run(
+    results, per, _ = score_run(
         records, completions, reasoning=True, meteor=False, model_metrics=False, n_boot=50
     )
     expected = [1 + 0.2 + 0.2 / 3 + 0.5, 0.2, 1.0]
@@ -465,10 +452,10 @@ def test_grounded_reward_checks_cited_boxes_against_every_box_of_the_image():
         rec(2, "vqa", "yes", boxes=[("effusion", (60, 60, 100, 100))], width=112, height=112),
     ]  # both records ask about the same image (rec() gives them one image path)
     text = "<think> Nodule [10, 10, 30, 30]. Effusion [60, 60, 100, 100]. So: seen. </think>. The answer is: \\boxed{yes}"
-    _, per = score_run(records, {"r1": text, "r2": text}, True, meteor=False, model_metrics=False, n_boot=10)
+    _, per, _ = score_run(records, {"r1": text, "r2": text}, True, meteor=False, model_metrics=False, n_boot=10)
     assert [p["grounded_reward"]["grounding"] for p in per] == pytest.approx([1.0, 1.0])
     alone = {"images/none.png": [{"label": "nodule", "box": [10.0, 10.0, 30.0, 30.0]}]}
-    _, per = score_run(
+    _, per, _ = score_run(
         records[:1], {"r1": text}, True, meteor=False, model_metrics=False, n_boot=10, boxes_of_image=alone
     )
     assert per[0]["grounded_reward"]["grounding"] == pytest.approx(
