@@ -15,6 +15,8 @@ from pathlib import Path
 FACTOR = 28  # Qwen2.5-VL: patch 14 x spatial merge 2
 QWEN_MIN_PIXELS = 56 * 56
 PAPER_MAX_PIXELS = 512 * 512  # the released model runs with max_pixels = 262144
+# frame.json key: folders outside the dataset folder its records' images may lie in (data_prep.io.image_roots)
+IMAGE_ROOTS = "image_roots"
 
 
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = FACTOR):
@@ -49,12 +51,19 @@ def scale_box(box, src_wh, dst_wh, ndigits: int = 0):
 
 
 def write_frame(
-    dataset_dir: str | Path, min_pixels: int, max_pixels: int, factor: int = FACTOR, family: str | None = None
+    dataset_dir: str | Path,
+    min_pixels: int,
+    max_pixels: int,
+    factor: int = FACTOR,
+    family: str | None = None,
+    image_roots: list[str] | None = None,
 ) -> None:
     path = Path(dataset_dir) / "frame.json"
     payload = {"min_pixels": int(min_pixels), "max_pixels": int(max_pixels), "factor": int(factor)}
     if family:
         payload["family"] = family
+    if image_roots:
+        payload[IMAGE_ROOTS] = list(image_roots)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
@@ -67,8 +76,12 @@ def frame_rule(frame: dict) -> tuple[int, int, int]:
 
 
 def read_frame(dataset_dir: str | Path) -> dict | None:
+    """The dataset's frame.json, or None without one. A frame.json that lists only image roots (original
+    files kept outside the folder, not resized: data_prep.converters.adapter with ``frame: null``) is
+    no frame either."""
     path = Path(dataset_dir) / "frame.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    frame = json.loads(path.read_text()) if path.exists() else None
+    return frame if frame and "min_pixels" in frame else None
 
 
 def check_processor_frame(dataset_dir: str | Path, image_processor) -> None:

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from data_prep.frame import IMAGE_ROOTS
 from data_prep.schema import RecordError, record_images, validate_record
 
 RECORDS = "records.jsonl"
+IMAGE_ROOTS_ENV = "OPENMEDIX_IMAGE_ROOTS"
+OUTSIDE = "image outside the dataset folder"
+log = logging.getLogger(__name__)
+
+
+class ImagePathError(RecordError):
+    """A record names an image outside the folders its dataset may read (``resolve_image``)."""
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -43,21 +53,27 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
 
 
 def iter_jsonl(path: str | Path, broken: list | None = None) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object). A line that is not valid JSON (e.g. a writer killed mid-line)
-    raises naming the file and line, or, given a ``broken`` list, is appended to it as
+    """Yield (line number, object). A line that is not valid UTF-8 or not valid JSON (e.g. a writer
+    killed mid-line) raises naming the file and line, or, given a ``broken`` list, is appended to it as
     (line number, reason) and skipped."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    # Bytes, decoded line by line: a bad byte then costs its own line, not the whole file.
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
             try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
                 obj = json.loads(line)
+            except UnicodeDecodeError as e:
+                reason = f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
             except json.JSONDecodeError as e:
-                if broken is None:
-                    raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                broken.append((lineno, f"not valid JSON ({e.msg})"))
+                reason = f"not valid JSON ({e.msg})"
+            else:
+                yield lineno, obj
                 continue
-            yield lineno, obj
+            if broken is None:
+                raise RecordError(f"{path}:{lineno}: {reason}") from None
+            broken.append((lineno, reason))
 
 
 def read_records(path: str | Path, split: str | None = None, validate: bool = True) -> list[dict]:
@@ -80,15 +96,75 @@ def read_records(path: str | Path, split: str | None = None, validate: bool = Tr
     return out
 
 
-def resolve_image(dataset_dir: str | Path, image: str) -> Path:
-    """Absolute path of a record's image (relative paths are relative to the dataset folder)."""
-    p = Path(image)
-    return p if p.is_absolute() else Path(dataset_dir) / p
+def image_roots(dataset_dir: str | Path, env: bool = True) -> list[Path]:
+    """The folders a dataset's images may lie in, resolved: the dataset folder itself, the folders its
+    ``frame.json`` lists under ``"image_roots"`` (written by data_prep.mixture and the cold-start
+    synthesis, whose records point into their source folders; relative entries are relative to the
+    dataset folder) and, with ``env``, the folders named in the environment variable
+    ``OPENMEDIX_IMAGE_ROOTS`` (``os.pathsep``-separated, e.g. ``/data/mimic-cxr:/data/vindr``): the
+    way to let a hand-made dataset point at images kept elsewhere. ``env=False`` gives what a dataset
+    derived from this one must record (the user's variable is not written into files)."""
+    dataset_dir = Path(dataset_dir)
+    roots = [dataset_dir.resolve(), *_frame_roots(dataset_dir)]
+    if env:
+        roots += [Path(p).resolve() for p in os.environ.get(IMAGE_ROOTS_ENV, "").split(os.pathsep) if p]
+    return list(dict.fromkeys(roots))
 
 
-def image_paths(dataset_dir: str | Path, rec: dict) -> list[Path]:
-    """Every image of a record, resolved (one for a single-image record)."""
-    return [resolve_image(dataset_dir, i) for i in record_images(rec)]
+def _frame_roots(dataset_dir: Path) -> tuple[Path, ...]:
+    frame_file = dataset_dir / "frame.json"
+    try:
+        st = frame_file.stat()
+    except FileNotFoundError:
+        return ()
+    return _read_frame_roots(str(dataset_dir.resolve()), (st.st_mtime_ns, st.st_ino, st.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _read_frame_roots(dataset_dir: str, stamp: tuple) -> tuple[Path, ...]:
+    # Cached per frame.json version: resolve_image runs once per image of every record.
+    # Read raw, not through read_frame: a frame.json may hold image roots and no frame.
+    file = Path(dataset_dir) / "frame.json"
+    try:
+        listed = json.loads(file.read_text(encoding="utf-8")).get(IMAGE_ROOTS, [])
+    except (ValueError, AttributeError) as e:
+        raise RecordError(f"{file}: not a JSON object ({e}); write it again or delete it") from None
+    if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+        raise RecordError(f"{file}: '{IMAGE_ROOTS}' must be a list of folder paths, got {listed!r}")
+    return tuple((Path(dataset_dir) / p).resolve() for p in listed)
+
+
+def resolve_image(dataset_dir: str | Path, image: str, roots: list[Path] | None = None) -> Path:
+    """The real path of a record's image (relative paths are relative to the dataset folder).
+
+    A record must never make us read (or send to a teacher API) a file it merely names, such as
+    ``/etc/passwd`` or ``../../secrets``: the path is resolved (symlinks and ``..`` followed) and must
+    lie inside the dataset folder or one of ``roots`` (default: ``image_roots(dataset_dir)``, which
+    includes the folders in ``$OPENMEDIX_IMAGE_ROOTS``); otherwise ``ImagePathError``.
+    """
+    path = Path(image)
+    path = path if path.is_absolute() else Path(dataset_dir) / path
+    real = path.resolve()
+    roots = image_roots(dataset_dir) if roots is None else roots
+    if not any(real.is_relative_to(root) for root in roots):
+        log.warning("refused image %r of dataset %s: it resolves to %s", image, dataset_dir, real)
+        raise ImagePathError(
+            f"{OUTSIDE}: {image!r} resolves to {real}, which is not under {Path(dataset_dir).resolve()} "
+            f"or an allowed image root. Move the image into the dataset folder, or, if you trust the "
+            f"data, add its folder to ${IMAGE_ROOTS_ENV} (a cold-start set or mixture made before "
+            f"frame.json recorded its image roots: run its command again)."
+        )
+    return real
+
+
+def image_paths(dataset_dir: str | Path, rec: dict, roots: list[Path] | None = None) -> list[Path]:
+    """Every image of a record, resolved and confined (``resolve_image``); one for a single-image
+    record. An image outside raises ``ImagePathError`` naming the dataset folder and the record id."""
+    roots = image_roots(dataset_dir) if roots is None else roots
+    try:
+        return [resolve_image(dataset_dir, i, roots) for i in record_images(rec)]
+    except ImagePathError as e:
+        raise ImagePathError(f"{dataset_dir} (id={rec.get('id')!r}): {e}") from None
 
 
 def map_images(rec: dict, fn: Callable[[str], str]) -> dict:
@@ -134,5 +210,7 @@ class Ledger:
         for reason, n in self.rejected.most_common():
             lines.append(f"    rejected {n:>6}  {reason}")
         for k, v in self.extra.items():
+            if isinstance(v, list) and len(v) > 10:  # e.g. failed ids: the ledger file holds them all
+                v = f"{v[:10]} ... ({len(v)} in all)"
             lines.append(f"    {k}: {v}")
         return "\n".join(lines)

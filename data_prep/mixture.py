@@ -40,6 +40,10 @@ Output (an HF dataset folder; ``datasets.load_dataset(OUT)`` gives one split per
     OUT/frame.json    the common frame;   OUT/mixture.json   config, counts, removals
     OUT/<stage>/records.jsonl (+ frame.json) with --jsonl: a dataset folder for the recipes
 
+Records point into their source folders, so every frame.json written here lists those folders
+(and the sources' own image roots) under ``image_roots``: data_prep.io.resolve_image reads an
+image only inside the dataset folder or such a root.
+
 :func:`load_mixture` returns the records of one stage in the schema (boxes / meta decoded,
 image made absolute).
 """
@@ -57,8 +61,8 @@ from pathlib import Path
 
 import yaml
 
-from data_prep.frame import read_frame, write_frame
-from data_prep.io import atomic_write_text, map_images, read_records, resolve_image, write_jsonl
+from data_prep.frame import IMAGE_ROOTS, read_frame, write_frame
+from data_prep.io import atomic_write_text, image_roots, map_images, read_records, resolve_image, write_jsonl
 from data_prep.labels import stable_hash
 from data_prep.schema import REQUIRED, TASKS, RecordError, image_key, validate_record
 
@@ -126,6 +130,7 @@ def check_frames(cfg: dict) -> dict:
             raise MixtureError(
                 f"source '{name}' ({cfg['sources'][name]}) has no frame.json: make it with a converter"
             )
+        frame.pop(IMAGE_ROOTS, None)  # where a source's images lie is no part of the frame
         frames[name] = frame
     distinct = {json.dumps(f, sort_keys=True) for f in frames.values()}
     if len(distinct) > 1:
@@ -164,7 +169,7 @@ def _select(records: list[dict], sel: dict, stage: str, seed: int) -> tuple[list
 def _image_key(rec: dict, source_dir: Path) -> str:
     meta = rec.get("meta") or {}
     ident = meta.get("dicom_id") or meta.get("image_id")
-    return f"id:{ident}" if ident else f"file:{resolve_image(source_dir, image_key(rec)).resolve()}"
+    return f"id:{ident}" if ident else f"file:{resolve_image(source_dir, image_key(rec))}"
 
 
 def patient_key(rec: dict) -> str:
@@ -207,7 +212,15 @@ def build(cfg: dict) -> tuple[dict[str, list[dict]], dict]:
     base_seed = int(cfg.get("seed", 0))
     cache: dict[str, list[dict]] = {}
     stages: dict[str, list[dict]] = {}
-    summary: dict = {"name": cfg.get("name"), "frame": frame, "stages": {}}
+    used = sorted({s["source"] for sels in cfg["stages"].values() for s in sels or []})
+    # the folders the mixture's records point into (not $OPENMEDIX_IMAGE_ROOTS: that stays the user's)
+    roots = [str(r) for name in used for r in image_roots(cfg["sources"][name], env=False)]
+    summary: dict = {
+        "name": cfg.get("name"),
+        "frame": frame,
+        "image_roots": list(dict.fromkeys(roots)),
+        "stages": {},
+    }
     for stage, selections in cfg["stages"].items():
         out, seen, removed, picks = [], set(), Counter(), []
         for i, sel in enumerate(selections or []):
@@ -223,20 +236,20 @@ def build(cfg: dict) -> tuple[dict[str, list[dict]], dict]:
                     f"warning: {stage}[{i}] {name}: asked for {info['requested']}, only {info['available']} available"
                 )
             for rec in take:
+                try:
+                    image = _image_key(rec, folder)
+                    rec = map_images(rec, lambda i, f=folder: str(resolve_image(f, i)))
+                except RecordError as e:  # an image outside the source folder: name the source and record
+                    raise MixtureError(f"source '{name}' ({folder}) record {rec['id']!r}: {e}") from None
                 keys = (
                     f"rid:{rec['source']}/{rec['id']}",
-                    (
-                        _image_key(rec, folder),
-                        rec["task"],
-                        rec["question"].strip().lower(),
-                        rec["answer"].strip().lower(),
-                    ),
+                    (image, rec["task"], rec["question"].strip().lower(), rec["answer"].strip().lower()),
                 )
                 if any(k in seen for k in keys):
                     removed["duplicate"] += 1
                     continue
                 seen.update(keys)
-                out.append(map_images(rec, lambda i, f=folder: str(resolve_image(f, i).resolve())))
+                out.append(rec)
         random.Random(stable_hash(f"{base_seed}/{stage}/order")).shuffle(out)
         stages[stage] = out
         summary["stages"][stage] = {
@@ -325,9 +338,19 @@ def write(
                     folder / "records.jsonl",
                     [map_images(r, lambda i, s=stage: os.path.relpath(i, (out / s).resolve())) for r in recs],
                 )
-                write_frame(folder, summary["frame"]["min_pixels"], summary["frame"]["max_pixels"])
+                write_frame(
+                    folder,
+                    summary["frame"]["min_pixels"],
+                    summary["frame"]["max_pixels"],
+                    image_roots=summary.get("image_roots"),
+                )
         if summary["frame"]:
-            write_frame(tmp, summary["frame"]["min_pixels"], summary["frame"]["max_pixels"])
+            write_frame(
+                tmp,
+                summary["frame"]["min_pixels"],
+                summary["frame"]["max_pixels"],
+                image_roots=summary.get("image_roots"),
+            )
         atomic_write_text(
             tmp / "README.md", _dataset_card(summary.get("name"), {s: len(r) for s, r in stages.items()})
         )

@@ -1,8 +1,9 @@
 """Records -> the datasets TRL's trainers read (prompt / completion / images columns).
 
-Every row is checked before training starts: a missing image, an empty answer or a box
-outside the frame stops with an error naming the file, line and record id, instead of a
-crash deep inside TRL. ``skip_bad_rows=True`` drops them instead, counted by reason.
+Every row is checked before training starts: a missing image, an image outside the dataset
+folder (data_prep.io.resolve_image), a duplicate id, an empty answer or a box outside the frame
+stops with an error naming the file, line and record id, instead of a crash deep inside TRL.
+``skip_bad_rows=True`` drops them instead, counted by reason.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from datasets import Dataset, Image, Sequence
 
 from data_prep.families import in_convention, scale_box_list
-from data_prep.io import RECORDS, image_paths, iter_jsonl
+from data_prep.io import RECORDS, image_paths, image_roots, iter_jsonl, resolve_image
 from data_prep.prompts import answer_text, question_text, reasoning_text, user_content
 from data_prep.schema import (
     IMAGE_TOKEN,
@@ -41,8 +42,9 @@ def load_checked_records(
     """Records of one split that are safe to train on; bad rows raise (or are skipped, counted; ``quiet``
     skips without saying so, for a second read whose bad rows the first already reported).
 
-    A line that is not valid JSON (a writer killed mid-line) is a bad row too; its split is unknown,
-    so it counts in every split's read.
+    A line that is not valid UTF-8 or not valid JSON (a writer killed mid-line) is a bad row too; its
+    split is unknown, so it counts in every split's read. So is a record whose id an earlier line
+    already holds (ids key predictions, resumes and reviews): the first is kept.
     """
     dataset_dir = Path(dataset_dir)
     file = dataset_dir / RECORDS
@@ -51,20 +53,27 @@ def load_checked_records(
             f"{file} not found: `dataset_path` must be a dataset folder holding {RECORDS} "
             "(make one with `python -m data_prep.phantom --out DIR` or a data_prep converter)."
         )
-    good, bad, broken = [], [], []
+    roots = image_roots(dataset_dir)
+    good, bad, broken, first_line = [], [], [], {}
     for lineno, rec in iter_jsonl(file, broken=broken):
         if not isinstance(rec, dict):
             bad.append((f"{file}:{lineno}", f"not a JSON object: got {type(rec).__name__}"))
             continue
+        rid = rec.get("id")
+        first = first_line.setdefault(rid, lineno) if isinstance(rid, str) else lineno
         if rec.get("split") != split or (tasks and rec.get("task") not in tasks):
             continue
-        where = f"{file}:{lineno} (id={rec.get('id')!r})"
+        where = f"{file}:{lineno} (id={rid!r})"
+        if first != lineno:
+            bad.append((where, f"duplicate id, first at line {first}"))
+            continue
         try:
             validate_record(rec)
-        except RecordError as e:
+            paths = [resolve_image(dataset_dir, i, roots) for i in record_images(rec)]
+        except RecordError as e:  # ImagePathError too: never open what the record merely names
             bad.append((where, str(e)))
             continue
-        missing = [p for p in image_paths(dataset_dir, rec) if not p.exists()]
+        missing = [p for p in paths if not p.exists()]
         if missing:
             bad.append((where, f"image file not found: {missing[0]}"))
             continue
@@ -76,7 +85,7 @@ def load_checked_records(
             break
     bad = [(f"{file}:{lineno}", reason) for lineno, reason in broken] + bad
     if bad:
-        reasons = Counter(reason.split(":")[0].split(" (")[0] for _, reason in bad)
+        reasons = Counter(reason.split(":")[0].split(" (")[0].split(", ")[0] for _, reason in bad)
         listing = "\n".join(f"  {w}: {r}" for w, r in bad[:10])
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
         if not skip_bad_rows:

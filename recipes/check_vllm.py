@@ -181,12 +181,12 @@ def build_prompts(records: list[dict], dataset_dir: str, processor, reasoning: b
     from PIL import Image
     from trl.data_utils import prepare_multimodal_messages
 
-    from data_prep.io import resolve_image
+    from data_prep.io import image_paths
     from data_prep.trl_dataset import trl_prompt
 
     out = []
     for rec in records:
-        image = Image.open(resolve_image(dataset_dir, rec["image"]))
+        image = Image.open(image_paths(dataset_dir, rec)[0])  # confined to the dataset's folders
         image.load()  # as datasets' Image feature hands it to TRL (mode unchanged)
         messages = prepare_multimodal_messages(trl_prompt(rec, reasoning), images=[image])
         inputs = processor.apply_chat_template(

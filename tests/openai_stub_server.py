@@ -8,6 +8,7 @@ turn with an ``image_url`` part holding a base64 data URL that decodes to an ima
     a str                      -> a completion with that text
     Status(code, headers=...)  -> an error reply (429, 500, 401, ...)
     Stall(seconds)             -> wait (until ``release()``), then answer with ``then``
+    Raw(body, content_type)    -> HTTP 200 with exactly this body (a malformed reply: bad JSON, HTML, ...)
 
 Usage:
     with StubServer(lambda req, stub: "<think> ... </think>. The answer is: \\boxed{yes}") as stub:
@@ -48,6 +49,12 @@ class Stall:
 
 
 @dataclass
+class Raw:
+    body: str | dict
+    content_type: str = "application/json"
+
+
+@dataclass
 class Request:
     """What the stub received: the parsed body, headers (lower-case names), path, arrival time, images."""
 
@@ -56,6 +63,7 @@ class Request:
     path: str
     time: float
     images: list = field(default_factory=list)
+    raw: bytes = b""  # the request body as sent
 
     @property
     def model(self) -> str:
@@ -149,6 +157,15 @@ class StubServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _send_raw(self, answer: Raw) -> None:
+                body = answer.body if isinstance(answer.body, str) else json.dumps(answer.body)
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", answer.content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def _error(self, code: int, message: str, headers: dict | None = None) -> None:
                 err = {
                     "message": message,
@@ -166,7 +183,7 @@ class StubServer:
                     body = None
                 problem, images = request_problem(body)
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                req = Request(body or {}, headers, self.path, time.monotonic(), images)
+                req = Request(body or {}, headers, self.path, time.monotonic(), images, raw)
                 with stub._lock:
                     stub.requests.append(req)
                 if not self.path.split("?")[0].endswith("/chat/completions"):
@@ -186,6 +203,8 @@ class StubServer:
                     answer = answer.then
                 if isinstance(answer, Status):
                     return self._error(answer.code, answer.message, answer.headers)
+                if isinstance(answer, Raw):
+                    return self._send_raw(answer)
                 self._send(200, chat_completion(str(answer), req.model))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -3,6 +3,7 @@ OpenAI-compatible stub (tests/openai_stub_server.py) on 127.0.0.1; nothing leave
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from data_prep.schema import make_record
 from data_prep.synthesis import coldstart
 from data_prep.synthesis.teacher import backoff_delay, is_local_url, retry_after_seconds
 from rewards.parsing import format_box
-from tests.openai_stub_server import Stall, Status, StubServer
+from tests.openai_stub_server import Raw, Stall, Status, StubServer
 
 REPO = Path(__file__).resolve().parents[1]
 W, H = 112, 84
@@ -114,7 +115,10 @@ def test_normal_run_writes_a_dataset_and_a_rerun_sends_nothing(tmp_path):
             assert r["meta"]["teacher"] == "stub-teacher" and r["meta"]["question_type"] == "presence"
             assert resolve_image(out, r["image"]).exists()
         assert kept[0]["reasoning"] == f"The cardiac silhouette {format_box(GT_BOX)} is enlarged."
-        assert (out / "frame.json").read_text() == (data / "frame.json").read_text()
+        frame = json.loads((out / "frame.json").read_text())
+        # the source's frame, plus its folder as an image root: the kept records point at its images
+        assert frame.pop("image_roots") == [str(data.resolve())]
+        assert frame == json.loads((data / "frame.json").read_text())
 
         led = ledger(out)
         assert (led["read"], led["written"], led["rejected"], led["failed"]) == (6, 6, 0, 0)
@@ -306,12 +310,16 @@ def test_a_killed_run_resumes_without_duplicates_or_losses(tmp_path):
         deadline = time.time() + 20
         while time.time() < deadline:
             done = len(lines(out / "coldstart.jsonl")) + len(lines(out / "rejects.jsonl"))
-            if done >= 5 and len(stub.requests) >= 7:  # 5 answered, 2 stalled in flight
-                break
+            led = ledger(out) if (out / "ledger.json").exists() else {}
+            if done >= 5 and len(stub.requests) >= 7 and led.get("written", 0) + led.get("rejected", 0) >= 5:
+                break  # 5 answered (and in the ledger), 2 stalled in flight
             time.sleep(0.05)
         proc.kill()
         proc.wait()
     assert done == 5
+    led = ledger(out)  # written after every record: a killed run leaves one that adds up
+    assert added_up(led) and (led["written"] + led["rejected"], led["unfinished"]) == (5, 7)
+    assert led["stopped"].startswith("unfinished")
     with open(out / "coldstart.jsonl", "a") as f:  # as if killed in the middle of a write
         f.write('{"id": "case-1')
 
@@ -399,3 +407,110 @@ def test_azure_openai_route_and_key_header(tmp_path, monkeypatch):
     assert req.path == "/openai/deployments/my-gpt41/chat/completions?api-version=2024-10-21"
     assert req.headers["api-key"] == "az-key"
     assert len(lines(out / "records.jsonl")) == 1
+
+
+# ---------------------------------------------------------------- bad input (issue #24)
+
+SECRET = b"SECRET-MARKER-7f3a9c do not send: root:x:0:0:root:/root:/bin/bash\n"
+
+
+def never_sent(raw: bytes, content: bytes) -> bool:
+    """No trace of ``content`` in a request body: not raw, not base64 at any of its 3 alignments."""
+    marker = content[:40]
+    encoded = [base64.b64encode(b"\0" * k + marker)[4:-4] for k in range(3)]
+    return marker not in raw and base64.b64encode(content) not in raw and not any(e in raw for e in encoded)
+
+
+def test_a_record_naming_a_file_outside_the_dataset_is_rejected_unread(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENMEDIX_IMAGE_ROOTS", raising=False)
+    data, out = tmp_path / "data", tmp_path / "out"
+    records = make_dataset(data, 5)
+    secret = tmp_path / "private" / "passwd"
+    secret.parent.mkdir()
+    secret.write_bytes(SECRET * 20)
+    (data / "images" / "innocent.png").symlink_to(secret)
+    escapes = {
+        "case-1": "../private/passwd",
+        "case-2": str(secret),
+        "case-3": "images/innocent.png",
+        "case-4": ["images/img4.png", "images/../../private/passwd"],  # a second view
+    }
+    write_jsonl(data / "records.jsonl", [{**r, "image": escapes.get(r["id"], r["image"])} for r in records])
+
+    with StubServer(good) as stub:
+        assert run(data, out, stub.base_url, "--max-retries", "0") == 0
+        assert [case_of(r) for r in stub.requests] == [0]  # only the honest record was sent
+        assert all(never_sent(r.raw, secret.read_bytes()) for r in stub.requests)
+        assert stub.problems == []
+    rejects = {r["id"]: r for r in lines(out / "rejects.jsonl")}
+    assert set(rejects) == set(escapes)
+    for r in rejects.values():
+        assert r["reason"] == "image outside the dataset folder" and r["completion"] == ""
+        assert f"(id={r['id']!r})" in r["detail"] and "OPENMEDIX_IMAGE_ROOTS" in r["detail"]
+    led = ledger(out)
+    assert (led["read"], led["written"], led["rejected"]) == (5, 1, 4)
+    assert led["rejected_by_reason"] == {"image outside the dataset folder": 4}
+    assert [r["id"] for r in read_records(out)] == ["case-0"]
+
+
+def added_up(led: dict) -> bool:
+    parts = ("already_kept", "already_rejected", "written", "rejected", "failed", "unfinished")
+    return led["read"] == sum(led[k] for k in parts)
+
+
+MALFORMED_REPLIES = {
+    1: Raw('{"id": "chatcmpl-1", "choices": [{"index": 0, "mess'),  # cut-off JSON
+    2: Raw("<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),  # a proxy's page
+    3: Raw({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [{"index": 0}]}),
+    4: Raw({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": []}),
+}
+
+
+def test_malformed_replies_are_failed_requests_retried_and_listed(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    make_dataset(data, 7)
+    once = {5}  # a malformed reply, then a good one: the retry keeps it
+
+    def respond(req, stub):
+        i = case_of(req)
+        if i in MALFORMED_REPLIES:
+            return MALFORMED_REPLIES[i]
+        if i in once:
+            once.discard(i)
+            return MALFORMED_REPLIES[3]
+        return good_reply(i)
+
+    with StubServer(respond) as stub:
+        assert run(data, out, stub.base_url, "--max-retries", "1", "--concurrency", "2") == 1
+        assert [len(stub.requests_for(f"Case {i}:")) for i in range(7)] == [1, 2, 2, 2, 2, 2, 1]
+    led = ledger(out)
+    assert (led["read"], led["written"], led["rejected"], led["failed"]) == (7, 3, 0, 4)
+    assert led["failed_by_reason"] == {"malformed reply": 4}
+    assert sorted(led["failed_ids"]) == ["case-1", "case-2", "case-3", "case-4"]
+    assert added_up(led) and "stopped" not in led
+    assert led["teacher_usage"]["retries after malformed reply"] == 5
+    assert [r["id"] for r in lines(out / "records.jsonl")] == ["case-0", "case-5", "case-6"]
+    assert lines(out / "rejects.jsonl") == []
+
+
+def test_an_unexpected_error_stops_the_run_with_a_ledger_that_adds_up(tmp_path, monkeypatch):
+    data, out = tmp_path / "data", tmp_path / "out"
+    make_dataset(data, 6)
+    check = coldstart.check_completion
+
+    def buggy(record, text, finish_reason=None):  # a bug met only by one record's reply
+        if record["id"] == "case-2":
+            raise KeyError("surprise")
+        return check(record, text, finish_reason)
+
+    monkeypatch.setattr(coldstart, "check_completion", buggy)
+    with StubServer(good) as stub, pytest.raises(SystemExit, match="unexpected KeyError on record 'case-2'"):
+        run(data, out, stub.base_url, "--concurrency", "1")
+    led = ledger(out)
+    # case-3, already queued, may finish or be stopped; nothing after it is sent
+    assert added_up(led) and led["failed_ids"][0] == "case-2" and led["unfinished"] >= 2
+    assert led["failed_by_reason"]["unexpected error (KeyError)"] == 1
+    assert not stub.requests_for("Case 4:") and not stub.requests_for("Case 5:")
+    kept = [r["id"] for r in lines(out / "records.jsonl")]
+    assert kept[:2] == ["case-0", "case-1"] and "case-2" not in kept and led["written"] == len(kept)
+    assert "unexpected KeyError" in led["stopped"]

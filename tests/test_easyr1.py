@@ -207,8 +207,9 @@ def test_placeholders_inside_the_text_become_image_items_at_their_place():
 def test_a_broken_json_line_is_a_bad_row(phantom_dir, tiny_dir, tmp_path):
     data = tmp_path / "torn"
     data.mkdir()
-    (data / "images").symlink_to(phantom_dir / "images")
-    (data / "frame.json").write_text((phantom_dir / "frame.json").read_text())
+    (data / "images").symlink_to(phantom_dir / "images")  # leads out of the folder: allowed as a root
+    frame = json.loads((phantom_dir / "frame.json").read_text())
+    (data / "frame.json").write_text(json.dumps({**frame, "image_roots": [str(phantom_dir)]}))
     lines = (phantom_dir / "records.jsonl").read_text().splitlines()
     lines.insert(3, lines[3][: len(lines[3]) // 2])  # a writer killed mid-line
     (data / "records.jsonl").write_text("\n".join(lines) + "\n")

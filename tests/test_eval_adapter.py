@@ -188,3 +188,27 @@ def test_bad_configs(tmp_path):
     bad.write_text("columns: {question: q, answer: a, image: i, colour: c}\ntask: {constant: vqa}\n")
     with pytest.raises(ConfigError, match="unknown field"):
         load_config(bad)
+
+
+def test_no_frame_keeps_original_files_readable_through_image_roots(tmp_path, monkeypatch):
+    """frame: null keeps the benchmark's own files, outside OUT: OUT/frame.json lists their folder as an
+    image root (and no frame), so the confined resolver (data_prep.io.resolve_image) reads them."""
+    from data_prep.frame import read_frame
+    from data_prep.io import IMAGE_ROOTS_ENV, image_paths
+
+    monkeypatch.delenv(IMAGE_ROOTS_ENV, raising=False)
+    root = tmp_path / "bench"
+    png(root / "imgs" / "a.png", size=(224, 224))
+    (root / "rows.csv").write_text("question,answer,image\nWhat is seen?,normal chest,imgs/a.png\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "name: mini\ncolumns: {question: question, answer: answer, image: image}\n"
+        "task: {constant: report_impression}\nframe: null\n"
+    )
+    out = tmp_path / "out"
+    adapt(load_config(cfg), root / "rows.csv", out, progress=False)
+    (rec,) = read_records(out)
+    assert Path(rec["image"]).is_absolute()
+    assert json.loads((out / "frame.json").read_text()) == {"image_roots": [str(root.resolve())]}
+    assert read_frame(out) is None  # roots only: still no frame, the processor resizes at run time
+    assert image_paths(out, rec) == [(root / "imgs" / "a.png").resolve()]

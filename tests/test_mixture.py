@@ -239,3 +239,40 @@ def test_shipped_yamls_parse_and_phantom_yaml_builds(tmp_path, capsys):
     )
     assert code == 2 and "not a mixture folder" in capsys.readouterr().err
     assert (phantom / "records.jsonl").exists()
+
+
+def test_mixture_images_outside_its_folder_load_through_recorded_image_roots(two_sources, monkeypatch):
+    """Mixture records point into the source folders: the mixture lists them as image roots in every
+    frame.json it writes, so the confined resolver (data_prep.io.resolve_image) still reads them."""
+    from data_prep.converters.easyr1 import export
+    from data_prep.io import IMAGE_ROOTS_ENV, image_paths
+    from data_prep.trl_dataset import BadRowsError, load_checked_records
+
+    monkeypatch.delenv(IMAGE_ROOTS_ENV, raising=False)
+    tmp, sources = two_sources
+    stages = {"sft": [{"source": "a"}, {"source": "b"}], "test": [{"source": "a"}]}
+    staged, summary = build(load_config(config(tmp, stages, sources)))
+    out = tmp / "mix"
+    write(staged, summary, out, jsonl=True)
+    roots = [str(Path(sources[n]).resolve()) for n in ("a", "b")]
+    for folder in (out, out / "sft", out / "test"):
+        assert json.loads((folder / "frame.json").read_text())["image_roots"] == roots
+
+    good = load_checked_records(out / "sft", "train")  # the --jsonl folder a recipe trains on
+    assert len(good) == len(staged["sft"]) == 21
+    assert all(p.exists() for r in good for p in image_paths(out / "sft", r))
+    assert all(p.exists() for r in load_mixture(out, "sft") for p in image_paths(out, r))
+    assert export(out, tmp / "easyr1", stage="sft", progress=False) == {"train": 21}
+
+    # a mixture (or cold-start set) as a source: its roots carry over, its frame still matches
+    staged2, summary2 = build(load_config(config(tmp, {"sft": [{"source": "m"}]}, {"m": str(out / "sft")})))
+    assert summary2["image_roots"] == [str((out / "sft").resolve()), *roots]
+    write(staged2, summary2, tmp / "mix2", jsonl=True)
+    assert len(load_checked_records(tmp / "mix2" / "sft", "train")) == len(good)
+
+    # the roots are what lets them in
+    frame = json.loads((out / "sft" / "frame.json").read_text())
+    del frame["image_roots"]
+    (out / "sft" / "frame.json").write_text(json.dumps(frame))
+    with pytest.raises(BadRowsError, match="image outside the dataset folder"):
+        load_checked_records(out / "sft", "train")

@@ -47,9 +47,9 @@ from pathlib import Path
 import yaml
 
 from data_prep.families import get_family
-from data_prep.frame import scale_box, write_frame
-from data_prep.io import RECORDS, Ledger, write_jsonl
-from data_prep.schema import IMAGE_TOKEN, LIST_SEP, SPLITS, TASKS, RecordError, make_record
+from data_prep.frame import IMAGE_ROOTS, scale_box, write_frame
+from data_prep.io import RECORDS, Ledger, atomic_write_text, write_jsonl
+from data_prep.schema import IMAGE_TOKEN, LIST_SEP, SPLITS, TASKS, RecordError, make_record, record_images
 
 REQUIRED = ("question", "answer", "image")
 KNOWN_COLUMNS = (
@@ -262,6 +262,14 @@ def safe_name(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------- images
+
+
+def kept_image_roots(records: list[dict], image_root: Path) -> list[str]:
+    """The folders outside OUT that records keeping their original files point into: the image root
+    where it holds them, else each file's folder."""
+    base = image_root.resolve()
+    outside = {Path(i) for r in records for i in record_images(r) if Path(i).is_absolute()}
+    return sorted({str(base if p.is_relative_to(base) else p.parent) for p in outside})
 
 
 def image_sources(value, image_root: Path, staging: Path, stem: str) -> list[Path]:
@@ -513,6 +521,9 @@ def adapt(
     if frame:
         fam = get_family(frame.get("family"))
         write_frame(out, int(frame["min_pixels"]), int(frame["max_pixels"]), fam.factor, fam.name)
+    elif roots := kept_image_roots(records, root):
+        # the original files stay where they are: let data_prep.io.resolve_image read them there
+        atomic_write_text(out / "frame.json", json.dumps({IMAGE_ROOTS: roots}, indent=2) + "\n")
     ledger.extra = {
         "input": str(input_path),
         "records_per_task": _counts(r["task"] for r in records),

@@ -16,11 +16,16 @@ Output, a dataset folder the SFT stage reads like any other:
                          appended as they come; a rerun skips ids already here or in rejects
     OUT/rejects.jsonl    {"id", "reason", "detail", "completion"} per rejected record, appended
     OUT/records.jsonl    every kept record, written atomically at the end (images re-pointed)
-    OUT/frame.json       copied from the source dataset
-    OUT/ledger.json      counts, reasons, tokens, estimated cost
+    OUT/frame.json       copied from the source dataset, plus the source folder as an image root
+    OUT/ledger.json      counts, reasons, failed ids, tokens, estimated cost; rewritten (atomically)
+                         after every record, so even a killed run leaves one that adds up:
+                         read = already_kept + already_rejected + written + rejected + failed + unfinished
     OUT/.coldstart.lock  held while a run writes (a second run on the same OUT stops)
-Requests that fail for good (retries spent) are counted as failed, not rejected: a rerun
-retries them (exit code 1 says there were some). Credentialed sources (MIMIC-CXR, VinDr, ...)
+Requests that fail for good (retries spent; a malformed reply is retried like an error) are
+counted as failed, not rejected: a rerun retries them (exit code 1 says there were some). An
+unexpected error on one record stops the run (before more is spent), that record counted as failed.
+A record whose image lies outside the dataset folder (data_prep.io.resolve_image) is rejected
+unread: nothing a record merely names is sent. Credentialed sources (MIMIC-CXR, VinDr, ...)
 are never sent to an endpoint off this machine without --allow-remote-credentialed.
 
 Usage:
@@ -41,9 +46,9 @@ import base64
 import fcntl
 import io
 import json
+import logging
 import os
 import re
-import shutil
 import string
 import sys
 import threading
@@ -57,18 +62,21 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from data_prep.frame import frame_rule, read_frame
+from data_prep.frame import IMAGE_ROOTS, frame_rule, read_frame
 from data_prep.io import (
+    OUTSIDE,
     RECORDS,
+    ImagePathError,
     Ledger,
     atomic_write_text,
     image_paths,
+    image_roots,
     iter_jsonl,
     map_images,
     read_records,
     write_jsonl,
 )
-from data_prep.schema import is_credentialed, validate_record
+from data_prep.schema import RecordError, is_credentialed, validate_record
 from data_prep.synthesis.offline_teacher import STYLES, offline_completion, parse_unboxed
 from data_prep.synthesis.teacher import (
     ChatEndpoint,
@@ -93,6 +101,7 @@ DEFAULT_PRICE_IN, DEFAULT_PRICE_OUT = 2.0, 8.0
 MIN_REPORT_SCORE = 0.8  # report answers: rewards' word BLEU-4/ROUGE-L mix of the copy vs the truth
 BRACKETS_RE = re.compile(r"\[[^\[\]]*\d[^\[\]]*\]")
 SENTENCE_RE = re.compile(r"(?<=[.;!?])\s+")
+log = logging.getLogger(__name__)
 
 DATA_USE_REFUSAL = """\
 Refusing to send {n} record(s) from credentialed sources ({sources}) to the {role} endpoint
@@ -327,7 +336,11 @@ class Job:
 
     def process(self, record: dict) -> Outcome:
         out = Outcome(record["id"])
-        paths = image_paths(self.data_dir, record)
+        try:
+            paths = image_paths(self.data_dir, record)
+        except ImagePathError as e:  # checked before anything is read, let alone sent
+            out.rejected = (OUTSIDE, str(e))
+            return out
         image_path = paths[0]  # the boxes' image, which the judge checks
         missing = [p for p in paths if not p.exists()]
         if missing:
@@ -376,15 +389,17 @@ def append_line(f, row: dict) -> None:
 
 
 def copy_frame(data_dir: Path, out_dir: Path) -> None:
+    """OUT's frame.json: the source's, plus the source folder (and its own roots) as image roots, since
+    kept records point at the source's images (data_prep.io.resolve_image reads them from here)."""
     src, dst = read_frame(data_dir), read_frame(out_dir)
-    if src is None:
-        return
-    if dst is not None and frame_rule(dst) != frame_rule(src):
+    if src is not None and dst is not None and frame_rule(dst) != frame_rule(src):
         raise SystemExit(
             f"{out_dir}/frame.json ({dst}) differs from {data_dir}/frame.json ({src}): the boxes of "
             "the two would not share a frame. Use another --out."
         )
-    shutil.copyfile(data_dir / "frame.json", out_dir / "frame.json")
+    roots = [*(dst or {}).get(IMAGE_ROOTS, []), *map(str, image_roots(data_dir, env=False))]
+    frame = {**(src if src is not None else dst or {}), IMAGE_ROOTS: list(dict.fromkeys(roots))}
+    atomic_write_text(out_dir / "frame.json", json.dumps(frame, indent=2) + "\n")
 
 
 def write_dataset(out_dir: Path, order: list[str]) -> int:
@@ -558,11 +573,14 @@ def exclusive(out_dir: Path):
 
 
 class Results:
-    """Appends each outcome to OUT as it arrives (kept / rejected) and counts it in the ledger."""
+    """Appends each outcome to OUT as it arrives (kept / rejected) and counts it in the ledger;
+    ``on_add`` (run: rewrite ledger.json) follows every outcome, so a killed run leaves one that adds up."""
 
-    def __init__(self, out_dir: Path, ledger: Ledger):
+    def __init__(self, out_dir: Path, ledger: Ledger, on_add=None):
         self.ledger = ledger
         self.failed: Counter[str] = Counter()
+        self.failed_ids: list[str] = []
+        self.on_add = on_add
         self.kept_f = open(out_dir / KEPT_FILE, "a", encoding="utf-8")
         self.rejects_f = open(out_dir / REJECTS_FILE, "a", encoding="utf-8")
 
@@ -579,6 +597,9 @@ class Results:
             self.ledger.reject(reason, where=out.id, detail=detail)
         else:
             self.failed[out.failed[0]] += 1
+            self.failed_ids.append(out.id)
+        if self.on_add:
+            self.on_add()
 
     def counts(self) -> dict:
         return {
@@ -597,7 +618,8 @@ def drive(
 ) -> str | None:
     """Process the records on ``concurrency`` threads (a bounded window), writing as they finish.
 
-    Returns why the run stopped early (an endpoint refusing the key, Ctrl-C), or None.
+    Returns why the run stopped early (an endpoint refusing the key, an unexpected error, Ctrl-C), or
+    None.
     """
     todo, inflight, stopped = iter(pending), {}, None
     with (
@@ -616,12 +638,20 @@ def drive(
             while inflight:
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    del inflight[fut]
+                    rec = inflight.pop(fut)
                     try:
-                        results.add(fut.result())
+                        out = fut.result()
                     except EndpointStop as e:
                         stopped = stopped or str(e)
                         continue
+                    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen input: stop before more is spent
+                        log.exception("coldstart: unexpected error on record %s", rec["id"])
+                        stop.set()
+                        stopped = stopped or f"unexpected {type(e).__name__} on record {rec['id']!r}: {e}"
+                        out = Outcome(
+                            rec["id"], failed=(f"unexpected error ({type(e).__name__})", str(e)[:300])
+                        )
+                    results.add(out)
                     bar.update(1)
                     bar.set_postfix(results.counts())
                     submit_next()
@@ -655,7 +685,11 @@ def print_dry_run(args, job: Job, pending: list[dict], out_dir: Path) -> None:
     elif args.teacher == "offline":
         print(json.dumps({"teacher": "offline", "completion": offline_completion(pending[0])}, indent=2))
     else:
-        request = {"base_url": args.base_url, **truncate_images(job.teacher_request(pending[0]))}
+        try:
+            request = {"base_url": args.base_url, **truncate_images(job.teacher_request(pending[0]))}
+        except ImagePathError as e:  # a run rejects it unread; the dry run says so instead of a traceback
+            print(f"(dry run: nothing sent; the first record would be rejected: {e})", file=sys.stderr)
+            return
         print(json.dumps(request, indent=2, ensure_ascii=False))
         print(f"(dry run: nothing sent; {len(pending)} record(s) would be sent)", file=sys.stderr)
 
@@ -670,9 +704,10 @@ def usage_and_cost(args, job: Job) -> dict:
         if ep is None:
             continue
         p_in, p_out = price(p_in, DEFAULT_PRICE_IN, url), price(p_out, DEFAULT_PRICE_OUT, url)
-        cost += (ep.stats["prompt_tokens"] * p_in + ep.stats["completion_tokens"] * p_out) / 1e6
+        stats = ep.usage()  # a snapshot: the ledger is written while requests run
+        cost += (stats.get("prompt_tokens", 0) * p_in + stats.get("completion_tokens", 0) * p_out) / 1e6
         out[f"{role}_usage"] = {
-            **dict(sorted(ep.stats.items())),
+            **dict(sorted(stats.items())),
             "price_in_per_1m": p_in,
             "price_out_per_1m": p_out,
         }
@@ -687,7 +722,12 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     if out_dir.resolve() == data_dir.resolve():
         raise SystemExit("--out must differ from the --data folder (its records.jsonl would be replaced).")
-    records = read_records(data, args.split)[: args.limit]
+    try:
+        records = read_records(data, args.split)[: args.limit]
+    except RecordError as e:  # a line that is not UTF-8 or JSON, an invalid record: file:line, no traceback
+        raise SystemExit(
+            f"{e}\nFix or remove that line of {data}, then run the same command again."
+        ) from None
     dupes = [rid for rid, n in Counter(r["id"] for r in records).items() if n > 1]
     if dupes:
         raise SystemExit(f"{data}: duplicate record ids {dupes[:5]}; ids must be unique to resume safely.")
@@ -725,38 +765,53 @@ def run(args, records: list[dict], data_dir: Path, out_dir: Path) -> int:
 
     ledger = Ledger("coldstart")
     ledger.read = len(records)
-    results = Results(out_dir, ledger)
     start = time.time()
+    already_kept = sum(r["id"] in kept_before for r in records)
+    already_rejected = sum(r["id"] in rejected_before for r in records)
+
+    def save_ledger(stopped: str | None = None) -> None:
+        done = results.counts()
+        ledger.extra.update(
+            {
+                "teacher": job.teacher_name,
+                **(
+                    {"offline_style": job.offline_style, "offline_unboxed": job.offline_unboxed}
+                    if not job.teacher
+                    else {}
+                ),
+                "base_url": args.base_url if job.teacher else None,
+                "judge": args.judge_model,
+                "already_kept": already_kept,
+                "already_rejected": already_rejected,
+                "failed": done["failed"],
+                "failed_by_reason": dict(results.failed),
+                "failed_ids": list(results.failed_ids),
+                "unfinished": len(pending) - sum(done.values()),
+                "seconds": round(time.time() - start, 1),
+                **usage_and_cost(args, job),
+            }
+        )
+        ledger.extra.pop("stopped", None)
+        if stopped:
+            ledger.extra["stopped"] = stopped
+        atomic_write_text(out_dir / LEDGER_FILE, json.dumps(ledger.as_dict(), indent=2) + "\n")
+
+    # rewritten after every record: what a killed run leaves adds up too
+    running = "unfinished: written while the run went on (killed, if no run holds OUT now)"
+    results = Results(out_dir, ledger, on_add=lambda: save_ledger(running))
+    stopped = None
     try:
         stopped = drive(job, pending, max(1, args.concurrency), stop, results)
+    except BaseException as e:  # a crash: still leave the kept records and a ledger that adds up
+        stopped = f"crashed: {type(e).__name__}: {e}"
+        raise
     finally:
         results.close()
-    kept_total = write_dataset(out_dir, [r["id"] for r in records])
-    copy_frame(data_dir, out_dir)
+        kept_total = write_dataset(out_dir, [r["id"] for r in records])
+        copy_frame(data_dir, out_dir)
+        ledger.extra["kept_total_in_out"] = kept_total
+        save_ledger(stopped)
     done = results.counts()
-    ledger.extra.update(
-        {
-            "teacher": job.teacher_name,
-            **(
-                {"offline_style": job.offline_style, "offline_unboxed": job.offline_unboxed}
-                if not job.teacher
-                else {}
-            ),
-            "base_url": args.base_url if job.teacher else None,
-            "judge": args.judge_model,
-            "already_kept": sum(r["id"] in kept_before for r in records),
-            "already_rejected": sum(r["id"] in rejected_before for r in records),
-            "failed": done["failed"],
-            "failed_by_reason": dict(results.failed),
-            "unfinished": len(pending) - sum(done.values()),
-            "kept_total_in_out": kept_total,
-            "seconds": round(time.time() - start, 1),
-            **usage_and_cost(args, job),
-        }
-    )
-    if stopped:
-        ledger.extra["stopped"] = stopped
-    atomic_write_text(out_dir / LEDGER_FILE, json.dumps(ledger.as_dict(), indent=2) + "\n")
     print(ledger.summary(), file=sys.stderr)
     print(f"    output: {out_dir / RECORDS} ({kept_total} kept records)", file=sys.stderr)
     if stopped:

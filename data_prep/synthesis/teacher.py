@@ -2,8 +2,9 @@
 the cold-start synthesis: the real ``openai`` client, our own bounded retries, usage counts.
 
 Retries (the client's own are switched off so there is one policy): HTTP 408, 409, 429 and
-5xx, timeouts and connection errors are retried with exponential backoff and jitter, waiting
-at least as long as the server's ``Retry-After``. HTTP 401/403/404 stop the whole run
+5xx, timeouts, connection errors and malformed replies (a 200 whose body is not JSON, an HTML
+page from a proxy, a choice without a message) are retried with exponential backoff and jitter,
+waiting at least as long as the server's ``Retry-After``. HTTP 401/403/404 stop the whole run
 (``EndpointStop``) with a message naming the key's environment variable. Any other failure
 fails that one request (``RequestFailed``); the run goes on.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import mimetypes
 import os
 import random
@@ -33,6 +35,10 @@ class EndpointStop(RuntimeError):
     """The endpoint refuses every request (bad key, no access, unknown model): stop the run."""
 
 
+class MalformedReply(ValueError):
+    """An HTTP 200 whose body is not a chat completion we can read."""
+
+
 class RequestFailed(RuntimeError):
     """One request failed for good (retries spent, or an error retrying cannot fix)."""
 
@@ -48,6 +54,39 @@ class Reply:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    has_usage: bool = True
+
+
+def parse_reply(resp) -> Reply:
+    """The first choice's text and finish reason, and the usage, checked field by field: the client
+    builds its objects without validation, so a proxy's HTML page or a choice without ``message``
+    arrives as a str or None where an object is expected (MalformedReply, not an AttributeError)."""
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list):
+        raise MalformedReply(f"the reply is not a chat completion: {str(resp)[:200]!r}")
+    if not choices:
+        raise MalformedReply("the reply holds no choices")
+    message = getattr(choices[0], "message", None)
+    if message is None:
+        raise MalformedReply("the first choice holds no message")
+    text = getattr(message, "content", None)
+    if text is not None and not isinstance(text, str):
+        raise MalformedReply(f"the message content is {type(text).__name__}, not text")
+    finish = getattr(choices[0], "finish_reason", None)
+    usage = getattr(resp, "usage", None)
+
+    def tokens(name: str) -> int | None:
+        value = getattr(usage, name, None)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+    prompt, completion = tokens("prompt_tokens"), tokens("completion_tokens")
+    return Reply(
+        text=text or "",
+        finish_reason=finish if isinstance(finish, str) else None,
+        prompt_tokens=prompt or 0,
+        completion_tokens=completion or 0,
+        has_usage=prompt is not None and completion is not None,
+    )
 
 
 def is_local_url(url: str) -> bool:
@@ -140,6 +179,11 @@ class ChatEndpoint:
         with self._lock:
             self.stats.update(counts)
 
+    def usage(self) -> dict[str, int]:
+        """A snapshot of the counts (other threads update them)."""
+        with self._lock:
+            return dict(self.stats)
+
     def _stop_message(self, err: openai.APIStatusError) -> str:
         what = {
             401: "refused the API key: the key is wrong or expired",
@@ -161,6 +205,7 @@ class ChatEndpoint:
             retry_after = None
             try:
                 resp = self.client.chat.completions.create(model=self.model, messages=messages, **params)
+                reply = parse_reply(resp)
             except openai.APIStatusError as e:
                 if e.status_code in (401, 403, 404):
                     self.stop.set()
@@ -173,22 +218,16 @@ class ChatEndpoint:
                 reason, detail = "timeout", "no reply within --timeout"
             except openai.APIConnectionError as e:
                 reason, detail = "connection error", str(e.__cause__ or e)[:300]
+            except (json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError) as e:
+                reason, detail = "malformed reply", f"the body is not valid JSON: {e}"[:300]
+            except MalformedReply as e:
+                reason, detail = "malformed reply", str(e)[:300]
             else:
-                if not resp.choices:
-                    raise RequestFailed("empty reply", "the reply holds no choices")
-                choice = resp.choices[0]
-                usage = resp.usage
-                reply = Reply(
-                    text=choice.message.content or "",
-                    finish_reason=choice.finish_reason,
-                    prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
-                    completion_tokens=(usage.completion_tokens or 0) if usage else 0,
-                )
                 self._count(
                     {
                         "prompt_tokens": reply.prompt_tokens,
                         "completion_tokens": reply.completion_tokens,
-                        "replies_without_usage": 0 if usage else 1,
+                        "replies_without_usage": 0 if reply.has_usage else 1,
                     }
                 )
                 return reply
