@@ -165,8 +165,11 @@ bench-data: $(VENV_STAMP) ## converter records/s and image images/s on a generat
 clean: ## remove run outputs (not .venv)
 	rm -rf $(OUT)
 
-# Launch a stage script: plain python for the demo scale, accelerate on GPUs otherwise.
+# Launch a stage script: plain python for the demo scale, accelerate on GPUs otherwise. On GPUs a
+# preflight first checks, once, the GPUs, the input model and the dataset (recipes/preflight.py): else
+# each of the NPROC processes would die with its own traceback. It exits 2 with one line saying what to run.
 define launch
 	if [ "$(SCALE)" = "demo" ]; then $(PY) -m $(1) --config $(2) $(ARGS); \
-	else .venv/bin/accelerate launch --config_file $(ACCEL) --num_processes $(NPROC) -m $(1) --config $(2) $(ARGS); fi
+	else $(PY) -m recipes.preflight --config $(2) --nproc $(NPROC) --accelerate-config $(ACCEL) $(ARGS) \
+		&& .venv/bin/accelerate launch --config_file $(ACCEL) --num_processes $(NPROC) -m $(1) --config $(2) $(ARGS); fi
 endef

@@ -84,15 +84,21 @@ def read_frame(dataset_dir: str | Path) -> dict | None:
     return frame if frame and "min_pixels" in frame else None
 
 
+def processor_rule(image_processor) -> tuple[int, int, int]:
+    """(min_pixels, max_pixels, factor) of a Qwen-VL image processor: the resize it applies to every image."""
+    size = getattr(image_processor, "size", {}) or {}
+    proc_min = size.get("shortest_edge", getattr(image_processor, "min_pixels", None))
+    proc_max = size.get("longest_edge", getattr(image_processor, "max_pixels", None))
+    proc_factor = getattr(image_processor, "patch_size", 14) * getattr(image_processor, "merge_size", 2)
+    return proc_min, proc_max, proc_factor
+
+
 def check_processor_frame(dataset_dir: str | Path, image_processor) -> None:
     """Stop with a clear message when the processor's min/max pixels differ from the data's."""
     frame = read_frame(dataset_dir)
     if frame is None:
         return
-    size = getattr(image_processor, "size", {}) or {}
-    proc_min = size.get("shortest_edge", getattr(image_processor, "min_pixels", None))
-    proc_max = size.get("longest_edge", getattr(image_processor, "max_pixels", None))
-    proc_factor = getattr(image_processor, "patch_size", 14) * getattr(image_processor, "merge_size", 2)
+    proc_min, proc_max, proc_factor = processor_rule(image_processor)
     if proc_factor != frame.get("factor", FACTOR):
         raise SystemExit(
             f"{dataset_dir}/frame.json was prepared for image sides in multiples of {frame.get('factor', FACTOR)} "

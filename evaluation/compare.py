@@ -380,7 +380,7 @@ def compare(
     legend = [
         "",
         f"Paired differences: each run minus its baseline on the same records, recomputed on the same "
-        f"resampled {cluster}s ({n_resamples} resamples, seed {seed}), 95% percentile CI. ▲ better / ▼ worse: "
+        f"resampled {cluster} clusters ({n_resamples} resamples, seed {seed}), 95% percentile CI. ▲ better / ▼ worse: "
         f"the difference's bootstrap p-value, Holm-adjusted over the headline metrics of that comparison, is "
         f"below {ALPHA} (so a CI that just excludes 0 may stay unmarked); ▲/▼ higher/lower for a metric "
         "where more is not better.",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 
@@ -9,10 +11,44 @@ from transformers import AutoProcessor
 
 from data_prep.frame import check_processor_frame, read_frame
 
+log = logging.getLogger(__name__)
 
-def load_processor(model_path: str, dataset_path: str, min_pixels: int | None, max_pixels: int | None):
-    """Processor padding on the left (generation) whose resize matches the dataset's frame."""
+
+class FrameMissing(SystemExit):
+    """A training run on a dataset whose frame is unknown: the message says how to give it."""
+
+
+class CheckpointError(SystemExit):
+    """output_dir holds checkpoints, none of which can be resumed from: the message names them."""
+
+
+def report(message: str) -> None:
+    """Say it on the console and in the log (a run's log file keeps what the console showed)."""
+    print(message)
+    log.info(message)
+
+
+def load_processor(
+    model_path: str,
+    dataset_path: str,
+    min_pixels: int | None,
+    max_pixels: int | None,
+    require_frame: bool = False,
+):
+    """Processor padding on the left (generation) whose resize matches the dataset's frame.
+
+    ``require_frame`` (the training scripts): a dataset without frame.json needs min_pixels and
+    max_pixels from the recipe; otherwise the processor would resize with its own defaults, which
+    need not be the frame the images and boxes were prepared in."""
     frame = read_frame(dataset_path) or {}
+    if require_frame and not frame and not (min_pixels and max_pixels):
+        raise FrameMissing(
+            f"{Path(dataset_path) / 'frame.json'} not found or without min_pixels/max_pixels: the frame its images "
+            "were resized into (and its boxes drawn in) is unknown, and the processor would resize them with "
+            "its own defaults, so the boxes would no longer match the image. Make the dataset with a data_prep "
+            "converter (it writes frame.json), or give the frame: `min_pixels` and `max_pixels` in the recipe "
+            "(`--min_pixels N --max_pixels N`)."
+        )
     min_pixels = min_pixels or frame.get("min_pixels")
     max_pixels = max_pixels or frame.get("max_pixels")
     kwargs = {}
@@ -24,11 +60,64 @@ def load_processor(model_path: str, dataset_path: str, min_pixels: int | None, m
     return processor
 
 
-def last_checkpoint(output_dir: str, resume: bool) -> str | None:
-    """The checkpoint to resume from: the newest *complete* checkpoint-N in output_dir.
+def image_tokens(image_processor, sizes) -> int:
+    """Tokens the model sees for images of these (width, height) sizes, already in the frame: one per
+    merged patch (sides are multiples of patch x merge: 28 for Qwen2.5-VL, 32 for Qwen3-VL)."""
+    factor = getattr(image_processor, "patch_size", 14) * getattr(image_processor, "merge_size", 2)
+    return sum((w // factor) * (h // factor) for w, h in sizes)
 
-    A run killed while saving leaves a checkpoint folder without trainer_state.json (written
-    last); transformers' get_last_checkpoint would pick it and crash, so we skip it."""
+
+def _nonempty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a checkpoint-N folder cannot be resumed from, or None.
+
+    Resuming needs the trainer state (written last: a kill while saving leaves none), the weights and
+    the optimizer state. Without weights transformers crashes after "resuming from"; without the
+    optimizer (or scheduler) state it silently continues with a fresh one, a different run."""
+    if not (ckpt / "trainer_state.json").is_file():
+        return "no trainer_state.json: the run died while saving it"
+    deepspeed = sorted(d for d in ckpt.glob("global_step*") if d.is_dir())
+    if deepspeed:  # DeepSpeed keeps weights and optimizer in its own folder (ZeRO-3: maybe no model file)
+        if not any(deepspeed[-1].glob("*model_states.pt")):
+            return f"no model states in {deepspeed[-1].name}"
+        if not any(deepspeed[-1].glob("*optim_states.pt")):
+            return f"no optimizer states in {deepspeed[-1].name}"
+        return None
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (ckpt / index).is_file():  # sharded weights: every shard the index names must be there
+            try:
+                shards = set(json.loads((ckpt / index).read_text())["weight_map"].values())
+            except (ValueError, KeyError, AttributeError):
+                return f"{index} is not a weight index"
+            missing = sorted(s for s in shards if not _nonempty(ckpt / s))
+            if missing:
+                return f"weight shard {missing[0]} missing ({len(missing)} of {len(shards)})"
+            break
+    else:
+        names = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
+        fsdp = any(ckpt.glob("pytorch_model_fsdp*"))
+        if not fsdp and not any(_nonempty(ckpt / n) for n in names):
+            return "no model weights (model.safetensors, an adapter, or a DeepSpeed global_step folder)"
+    optimizer = _nonempty(ckpt / "optimizer.pt") or _nonempty(ckpt / "optimizer.bin")
+    if not optimizer and not any(d.is_dir() for d in ckpt.glob("optimizer*")):  # FSDP: optimizer_0/
+        return (
+            "no optimizer state (optimizer.pt): resuming would restart the optimizer from zero "
+            "(a run with save_only_model: true cannot be resumed)"
+        )
+    if not _nonempty(ckpt / "scheduler.pt"):
+        return "no scheduler.pt: resuming would restart the learning-rate schedule"
+    return None
+
+
+def last_checkpoint(output_dir: str, resume: bool) -> str | None:
+    """The checkpoint to resume from: the newest *complete* checkpoint-N in output_dir (checkpoint_problem).
+
+    An incomplete one is skipped, its reason reported; transformers' get_last_checkpoint would pick it
+    and crash, or resume without the optimizer state. If output_dir holds checkpoints and none is
+    complete, stop: starting fresh there is the user's call (``resume: false`` or another output_dir)."""
     if not resume or not os.path.isdir(output_dir):
         return None
     ckpts = sorted(
@@ -36,11 +125,20 @@ def last_checkpoint(output_dir: str, resume: bool) -> str | None:
         key=lambda p: int(p.name.split("-")[-1]),
         reverse=True,
     )
+    skipped = []
     for ckpt in ckpts:
-        if (ckpt / "trainer_state.json").exists():
-            print(f"resuming from {ckpt}")
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            report(f"resuming from {ckpt}")
             return str(ckpt)
-        print(f"skipping incomplete checkpoint {ckpt} (no trainer_state.json: the run died while saving)")
+        report(f"skipping incomplete checkpoint {ckpt}: {problem}")
+        skipped.append(f"{ckpt.name} ({problem})")
+    if skipped:
+        raise CheckpointError(
+            f"{output_dir} holds checkpoints but none can be resumed from: {'; '.join(skipped)}. "
+            "Train into a new `--output_dir`, delete them, or start fresh in this folder with `--resume false` "
+            "(`resume: false` in the recipe)."
+        )
     return None
 
 

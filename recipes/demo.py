@@ -62,12 +62,16 @@ def rl_checks(
     worse = [f"{k} {shown(k)}" for k, d in diffs.items() if d["verdict"] == "worse"]
     out["nothing worse"] = (not worse, "; ".join(worse) or "no headline metric significantly worse")
     values = {row["metric"]: (row["runs"].get(run) or {}).get("value") for row in comparison["rows"]}
-    short = [f"{k} {values.get(k)}" for k, v in FLOOR.items() if values.get(k) is None or values[k] < v]
+    short = [
+        f"{k} {values[k]:.3f} < {v}" if values.get(k) is not None else f"{k} not measured"
+        for k, v in FLOOR.items()
+        if values.get(k) is None or values[k] < v
+    ]
     iou = values.get("reasoning/cited_box_iou")
     if iou is None or iou <= IOU_FLOOR:
-        short.append(f"cited-box IoU {iou} <= {IOU_FLOOR}")
+        short.append(f"cited-box IoU {'not measured' if iou is None else f'{iou:.3f}'} <= {IOU_FLOOR}")
     fmt = ", ".join(
-        f"{k.split('/')[1]} {values.get(k):.3f}"
+        f"{k.split('/')[1]} {values[k]:.3f}"
         for k in (*FLOOR, "reasoning/cited_box_iou")
         if values.get(k) is not None
     )
@@ -322,6 +326,11 @@ def main() -> None:
         cmd += ["--batch-size", "16", "--max-new-tokens", tokens, "--bootstrap", "1000", "--gallery", "24"]
         cmd += ["--reasoning" if reasoning else "--no-reasoning"]
         return Job(f"eval-{name}", evals / name / "results.json", cmd)
+
+    for name in runs:  # evaluated on another sample before: score again (predictions are kept by id)
+        config = evals / name / "run_config.json"
+        if config.exists() and json.loads(config.read_text()).get("sample") != args.eval_sample:
+            (evals / name / "results.json").unlink(missing_ok=True)
 
     # Two cores: one-thread jobs run two at a time; the cold start and GRPO run alone on every core
     # (--threads). Evaluations of the small stages fill the gaps beside the other preparation job.

@@ -33,12 +33,14 @@ from trl import (
 )
 
 from data_prep.families import FamilyMismatch, check_family
+from data_prep.frame import processor_rule
 from data_prep.io import atomic_write_text, image_paths
 from data_prep.prompts import build_prompt
 from data_prep.trl_dataset import grpo_dataset, image_boxes, load_checked_records
 from evaluation.curves import reward_trend, trend_lines
 from recipes import vision_tokens, vllm_cpu, vllm_guard
-from recipes.common import end_distributed, last_checkpoint, load_processor, save_final
+from recipes.cli import parse_recipe
+from recipes.common import end_distributed, image_tokens, last_checkpoint, load_processor, save_final
 from rewards import REWARD_SETS, get_reward_funcs
 
 
@@ -107,11 +109,9 @@ def prompt_tokens(record: dict, processor, dataset_dir: str | Path = ".") -> int
     for path in image_paths(dataset_dir, record)[1:]:  # further views have their own size
         with Image.open(path) as im:
             sizes.append(im.size)
-    ip = processor.image_processor
-    factor = getattr(ip, "patch_size", 14) * getattr(ip, "merge_size", 2)  # 28 Qwen2.5-VL, 32 Qwen3-VL
-    image_tokens = sum((w // factor) * (h // factor) for w, h in sizes)
     # each image placeholder renders as one token in the text; the model sees its patches instead
-    return len(processor.tokenizer(text)["input_ids"]) - len(sizes) + image_tokens
+    text_tokens = len(processor.tokenizer(text)["input_ids"]) - len(sizes)
+    return text_tokens + image_tokens(processor.image_processor, sizes)
 
 
 def filter_long_prompts(
@@ -189,6 +189,7 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig, m
         script_args.dataset_path,
         script_args.min_pixels,
         script_args.max_pixels,
+        require_frame=True,
     )
     records = load_checked_records(
         script_args.dataset_path,
@@ -196,6 +197,8 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig, m
         tasks=script_args.tasks,
         max_samples=script_args.max_train_samples,
         skip_bad_rows=script_args.skip_bad_rows,
+        frame=processor_rule(processor.image_processor),  # every image decoded and in the frame
+        progress=not training_args.disable_tqdm,
     )
     records = filter_long_prompts(records, processor, script_args.max_prompt_tokens, script_args.dataset_path)
     # The grounding reward checks cited boxes against every finding annotated on the image, from all
@@ -282,4 +285,4 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
 
 if __name__ == "__main__":
     parser = TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
-    main(*parser.parse_args_and_config())
+    main(*parse_recipe(parser))

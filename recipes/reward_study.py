@@ -6,12 +6,13 @@ The released DeepMedix-R1 coordinate term pays +0.05 per box in the think block 
 points (rewards/paper.py); the grounded reward pays boxes only for being valid in the frame and
 for matching the true findings (rewards/grounded.py). Does RL with the paper's reward learn to cite
 more boxes without citing better ones? From one cold-start checkpoint this runs the demo's GRPO
-recipe (recipes/demo/grpo.yaml as it is: 8 prompts x 4 completions, lr 5e-5, 80 steps) once per reward and seed, evaluates
-every checkpoint (and the cold start) on validation, and writes into --out:
+recipe (recipes/demo/grpo.yaml as it is) once per reward and seed, evaluates every checkpoint (and
+the cold start) on the same validation records, and writes into --out:
 
   study.md / study.json   per run: boxes per completion, valid-box rate, cited-box IoU, grounding
-                          mIoU, closed VQA, format, grounded reward (value [95% bootstrap CI]),
-                          and the mean over seeds per reward
+                          mIoU, closed VQA, format, grounded reward (value [95% CI, studies
+                          resampled]), the mean over seeds per reward, and per seed the paired
+                          difference grounded - paper on the same records (evaluation.compare)
   boxes_per_step.png      boxes cited per completion over the GRPO steps, one line per run
 
 Finished runs and evaluations are skipped on a rerun. CPU: the two runs of a seed train side by side,
@@ -29,8 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.io import atomic_write_text
+from evaluation.compare import load_rows, paired
+from evaluation.runs import load_results
 from recipes.demo import grpo_history
-from recipes.demo_seeds import cell, evaluate, run_logged
+from recipes.demo_seeds import cell, diff_cell, evaluate, run_logged
 from rewards import REWARD_SETS
 
 METRICS = {
@@ -80,6 +83,18 @@ def plot_boxes(runs: dict[str, Path], png: Path) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def paired_table(evals: Path, seeds: list[int], n_boot: int) -> str:
+    """Per seed: grounded-reward run minus paper-reward run, paired on the same records."""
+    lines = ["| seed | " + " | ".join(METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]
+    for seed in seeds:
+        a, b = evals / f"grounded-seed{seed}", evals / f"paper-seed{seed}"
+        diffs = paired(
+            (load_results(a), *load_rows(a)), (load_results(b), *load_rows(b)), n_resamples=n_boot, seed=0
+        )
+        lines.append(f"| {seed} | " + " | ".join(diff_cell(diffs.get(k)) for k in METRICS) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def table(results: dict[str, dict]) -> str:
@@ -145,8 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     plot_boxes(runs, out / "boxes_per_step.png")
     md = (
         f"# Reward study: paper vs grounded reward from {coldstart}\n\n"
-        f"{args.val_sample or 'All'} validation records, greedy; value [95% bootstrap CI].\n\n"
+        f"{args.val_sample or 'All'} validation records, greedy; value [95% CI, whole studies resampled].\n\n"
         + table(results)
+        + "\nGrounded minus paper reward, per seed, paired on the same records (difference [95% CI]; "
+        "▲/▼: Holm-adjusted p < 0.05 over these and the other headline metrics):\n\n"
+        + paired_table(out / "eval", args.seeds, args.bootstrap)
     )
     atomic_write_text(out / "study.md", md)
     atomic_write_text(out / "study.json", json.dumps(results, indent=2) + "\n")

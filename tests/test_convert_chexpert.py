@@ -6,6 +6,7 @@ import csv
 import gzip
 import importlib.util
 import io
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 from data_prep.converters import chexpert, chexpert_plus
 from data_prep.converters.common import main
 from data_prep.io import read_records
+from tests.conftest import run_module
 
 # the files torchxrayvision ships, located without importing it (importing it loads torch)
 TXV = Path(importlib.util.find_spec("torchxrayvision").origin).parent / "data"
@@ -174,3 +176,24 @@ def test_chexpert_plus(tmp_path):
     assert recs["chexpert-plus/patient00001/study1/findings"]["meta"]["view"] == "Frontal"
     assert recs["chexpert-plus/patient64541/study1/findings"]["split"] == "validation"
     assert dict(led.rejected) == {"empty report": 1, "unknown split": 1}
+
+
+def test_a_csv_without_a_column_is_one_line_naming_file_and_columns(chexpert_root, tmp_path):
+    """A train.csv without its view column: one line naming the file, the column and the columns found,
+    no traceback (--debug or OPENMEDIX_DEBUG=1 shows it)."""
+    root = tmp_path / "broken"
+    shutil.copytree(chexpert_root, root, symlinks=True)
+    train = root / "CheXpert-v1.0-small" / "train.csv"
+    train.write_text(train.read_text().replace("Frontal/Lateral", "View", 1))
+    args = ["--root", str(root), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"]
+    with pytest.raises(SystemExit) as e:
+        main(chexpert, args)
+    message = str(e.value.code)
+    assert "\n" not in message and message.startswith(f"chexpert: {train}: missing column(s) Frontal/Lateral")
+    assert "columns found: 'Path', 'Sex', 'Age', 'View', 'AP/PA'" in message
+    proc = run_module("data_prep.converters.chexpert", *args, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == message and "Traceback" not in proc.stderr
+    assert "Traceback" in run_module("data_prep.converters.chexpert", *args, "--debug", check=False).stderr
+    (root / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"^chexpert: none of train.csv \(or .gz/.zip\) found under"):
+        main(chexpert, ["--root", str(root / "empty"), "--out", str(tmp_path / "o2"), "--no-progress"])

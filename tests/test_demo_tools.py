@@ -64,7 +64,9 @@ def test_rl_checks_fail_on_no_gain_a_worse_metric_and_the_floor():
         not checks["nothing worse"][0] and "vqa/closed -0.090 [-0.130, -0.050]" in checks["nothing worse"][1]
     )
     assert not checks["floor"][0]
-    assert "vqa/closed 0.79" in checks["floor"][1] and "cited-box IoU 0.5 <= 0.5" in checks["floor"][1]
+    assert (
+        "vqa/closed 0.790 < 0.8" in checks["floor"][1] and "cited-box IoU 0.500 <= 0.5" in checks["floor"][1]
+    )
     refused = {
         "rows": [],
         "differences": [{"run": "grpo", "baseline": "coldstart", "refused": "other records"}],

@@ -236,3 +236,72 @@ def test_a_missing_model_folder_is_a_clear_error(phantom_dir, tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0 and "cannot read the model config of" in proc.stderr
     assert "make tiny-model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- stored image names (#24)
+
+FRAME = {"min_pixels": 3136, "max_pixels": 56 * 56}
+
+
+def write_rows(path: Path, values: dict[str, int]) -> Path:
+    """An EasyR1 parquet with one embedded flat grey image per id (the grey level tells them apart)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"id": rid, "images": [{"bytes": png_bytes((56, 56), v), "path": "x.png"}], "problem": "Effusion?"}
+        | {"answer": "yes"}
+        for rid, v in values.items()
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def pixels(out: Path) -> dict[str, int]:
+    """id -> the grey level of its stored image."""
+    values = {}
+    for rec in read_records(out):
+        with Image.open(out / rec["image"]) as im:
+            values[rec["id"]] = im.getpixel((28, 28))
+    return values
+
+
+def test_ids_that_differ_only_in_unsafe_characters_keep_their_own_images(tmp_path):
+    """`case 1`, `case_1` and `case/1` all became images/case_1.png: three records, one picture."""
+    src = write_rows(tmp_path / "train.parquet", {"case 1": 40, "case_1": 120, "case/1": 200, "same": 40})
+    out = tmp_path / "imported"
+    ledger = easyr1.import_file(src, out, frame=FRAME, progress=False)
+    assert ledger["written"] == 4 and "reimport" not in ledger
+    assert pixels(out) == {"case 1": 40, "case_1": 120, "case/1": 200, "same": 40}
+    recs = {r["id"]: r for r in read_records(out)}
+    assert recs["same"]["image"] == recs["case 1"]["image"]  # identical images are stored once
+    assert len(list((out / "images").iterdir())) == 3 and not (out / "_staged").exists()
+
+
+def test_a_reimport_stores_changed_images_and_says_so(tmp_path):
+    out = tmp_path / "imported"
+    easyr1.import_file(
+        write_rows(tmp_path / "a.parquet", {"a": 40, "b": 120}), out, frame=FRAME, progress=False
+    )
+    old = {r["id"]: r["image"] for r in read_records(out)}
+    ledger = easyr1.import_file(
+        write_rows(tmp_path / "b.parquet", {"a": 40, "b": 220, "c": 90}), out, frame=FRAME, progress=False
+    )
+    assert pixels(out) == {"a": 40, "b": 220, "c": 90}  # the new pixels, not the stale file
+    assert ledger["reimport"] == {
+        "previous_records": 2,
+        "images_replaced": 1,
+        "records_added": 1,
+        "records_dropped": 0,
+        "stale_images_removed": 1,
+    }
+    assert not (out / old["b"]).exists() and (out / old["a"]).exists()
+    assert json.loads((out / "ledger.json").read_text())["reimport"]["images_replaced"] == 1
+    # a folder another tool wrote (a converter's dataset) is never tidied, whatever its records name
+    other = tmp_path / "converted"
+    (other / "images").mkdir(parents=True)
+    (other / "images" / "x.png").write_bytes(png_bytes((56, 56)))
+    (other / "records.jsonl").write_text(json.dumps({"id": "x", "image": "images/x.png"}) + "\n")
+    (other / "ledger.json").write_text(json.dumps({"job": "mimic-cxr"}))
+    ledger = easyr1.import_file(tmp_path / "b.parquet", other, frame=FRAME, progress=False)
+    assert "reimport" not in ledger and (other / "images" / "x.png").exists()

@@ -452,7 +452,9 @@ def test_grounded_reward_checks_cited_boxes_against_every_box_of_the_image():
         rec(2, "vqa", "yes", boxes=[("effusion", (60, 60, 100, 100))], width=112, height=112),
     ]  # both records ask about the same image (rec() gives them one image path)
     text = "<think> Nodule [10, 10, 30, 30]. Effusion [60, 60, 100, 100]. So: seen. </think>. The answer is: \\boxed{yes}"
-    _, per, _ = score_run(records, {"r1": text, "r2": text}, True, meteor=False, model_metrics=False, n_boot=10)
+    _, per, _ = score_run(
+        records, {"r1": text, "r2": text}, True, meteor=False, model_metrics=False, n_boot=10
+    )
     assert [p["grounded_reward"]["grounding"] for p in per] == pytest.approx([1.0, 1.0])
     alone = {"images/none.png": [{"label": "nodule", "box": [10.0, 10.0, 30.0, 30.0]}]}
     _, per, _ = score_run(

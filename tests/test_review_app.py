@@ -193,3 +193,34 @@ def test_several_images_per_record(tmp_path):
     assert f'src="/r/{token}/image/{item}/1"' in page and "view 2" in page
     assert client.get(f"/r/{token}/image/{item}/1").content.startswith(PNG)
     assert client.get(f"/r/{token}/image/{item}/2").status_code == 404
+
+
+def test_numbers_in_paths_and_forms_are_checked_not_500(tmp_path):
+    """Unicode digits pass str.isdigit() and then fail int(); 30 nines overflow SQLite: both were a 500.
+    A negative time was stored. Each is now a short 400 / 404 and nothing is saved."""
+    folder, _, tokens = make_study(tmp_path, limit=3, reviewers=("alice",))
+    client = TestClient(create_app(folder), raise_server_exceptions=False)
+    t = tokens["alice"]
+    rows = assignments(folder, "alice")
+    for item in ("%C2%B2", "%D9%A1", "9" * 30, "0", "-1", "+1", "1.0", "%201", "4"):
+        r = client.get(f"/r/{t}?item={item}")
+        assert r.status_code == 404 and "There is no item" in r.text, item
+    for k in ("%C2%B2", "9" * 30, "-0", "1"):
+        assert client.get(f"/r/{t}/image/{rows[0]['item_id']}/{k}").status_code == 404, k
+    body = {"item_id": rows[0]["item_id"], **dict.fromkeys(CRITERION_KEYS, "A")}
+    for elapsed in ("9" * 30, "-5", "²", "1.5", str(db.MAX_ELAPSED_MS + 1)):
+        r = client.post(f"/r/{t}/vote", content=urlencode({**body, "elapsed_ms": elapsed}))
+        assert r.status_code == 400 and "elapsed_ms" in r.text, elapsed
+    with db.connect(db.study_db(folder)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 0
+    # the bounds themselves, and a form without a time, are fine
+    for elapsed, stored in (("0", 0), (str(db.MAX_ELAPSED_MS), db.MAX_ELAPSED_MS), ("", None)):
+        r = client.post(
+            f"/r/{t}/vote", content=urlencode({**body, "elapsed_ms": elapsed}), follow_redirects=False
+        )
+        assert r.status_code == 303, elapsed
+        with db.connect(db.study_db(folder)) as conn:
+            assert conn.execute("SELECT elapsed_ms FROM votes").fetchone()[0] == stored
+    assert client.get(f"/r/{t}?item=3").status_code == 200
+    with db.connect(db.study_db(folder)) as conn, pytest.raises(ValueError, match="elapsed_ms -1"):
+        db.save_vote(conn, 1, rows[0]["item_id"], dict.fromkeys(CRITERION_KEYS, "A"), elapsed_ms=-1)

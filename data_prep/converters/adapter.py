@@ -20,8 +20,9 @@ Reads JSON / JSONL / Parquet / CSV / TSV rows and, per the config:
   image_root: folder that relative image paths are relative to (default: the input's folder;
              --image-root overrides)
   frame:     {min_pixels, max_pixels, family}: each image is converted once into the model frame
-             (data_prep.images, cached) and stored under OUT/images; null keeps the original
-             files and reads their size (then the processor resizes at run time and
+             (data_prep.images, cached) and stored as OUT/images/<sha256 prefix of its bytes>.png
+             (distinct images never share a file, identical ones are stored once); null keeps the
+             original files and reads their size (then the processor resizes at run time and
              reasoning boxes are checked against the original size)
 
 Images may be paths, lists of paths (a multi-view study: every image is kept, in order, and the
@@ -31,7 +32,8 @@ image; leading ones are dropped (images first is the prompt default), others sta
 items at their place (data_prep.prompts.user_content). Invalid rows are not written: they are
 counted by reason in OUT/ledger.json and kept in OUT/rejects.jsonl (data_prep.io.Ledger), with
 image bytes replaced by their size and hash and long texts cut. Output: OUT/records.jsonl (+ images/,
-frame.json).
+frame.json). A re-import into the same OUT stores changed images anew, deletes the files no record
+uses any more and counts both in the ledger (``reimport``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from pathlib import Path
 
 import yaml
 
+from data_prep.errors import user_errors
 from data_prep.families import get_family
 from data_prep.frame import IMAGE_ROOTS, scale_box, write_frame
 from data_prep.io import RECORDS, Ledger, atomic_write_text, write_jsonl
@@ -67,6 +70,7 @@ KNOWN_COLUMNS = (
     "meta",
 )
 REJECT_TEXT_CHARS = 200  # longer texts are cut in rejects.jsonl (a report, a base64 string)
+HASH_CHARS = 20  # stored images are named by 80 bits of their SHA-256: no two distinct images collide
 
 
 class ConfigError(ValueError):
@@ -254,13 +258,6 @@ def as_answer(value) -> str:
     return str(value).strip()
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_name(text: str) -> str:
-    return _SAFE.sub("_", text).strip("._")[:120] or "image"
-
-
 # ----------------------------------------------------------------------------- images
 
 
@@ -272,9 +269,9 @@ def kept_image_roots(records: list[dict], image_root: Path) -> list[str]:
     return sorted({str(base if p.is_relative_to(base) else p.parent) for p in outside})
 
 
-def image_sources(value, image_root: Path, staging: Path, stem: str) -> list[Path]:
+def image_sources(value, image_root: Path, staging: Path) -> list[Path]:
     """Paths of the row's source images, in order (a list value is a multi-view study); embedded bytes
-    are staged as files."""
+    are staged as files named by their content (so two rows never overwrite each other's)."""
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     if not values:
         raise ValueError("empty image list")
@@ -289,7 +286,7 @@ def image_sources(value, image_root: Path, staging: Path, stem: str) -> list[Pat
                 raise ValueError(f"image {k + 1}: dict has neither 'bytes' nor 'path'")
         if isinstance(v, (bytes, bytearray)):
             staging.mkdir(parents=True, exist_ok=True)
-            dst = staging / f"{stem}-{k}.bin"
+            dst = staging / f"{content_hash(bytes(v))}.bin"
             dst.write_bytes(bytes(v))
             out.append(dst)
         elif isinstance(v, str) and v.strip():
@@ -302,9 +299,63 @@ def image_sources(value, image_root: Path, staging: Path, stem: str) -> list[Pat
     return out
 
 
-def image_names(stem: str, n: int) -> list[str]:
-    """Stored names of a row's images: the first keeps the row's stem, further views get -2, -3, ..."""
-    return [f"images/{stem}.png"] + [f"images/{stem}-{k}.png" for k in range(2, n + 1)]
+def content_hash(data: bytes | Path) -> str:
+    """The hex prefix (80 bits) of the SHA-256 of image bytes (or of a file): its stored copy's name."""
+    if isinstance(data, Path):
+        with open(data, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()[:HASH_CHARS]
+    return hashlib.sha256(data).hexdigest()[:HASH_CHARS]
+
+
+def stored_name(src: Path) -> str:
+    """Where a source image is stored under OUT: named by its content, not by the row id. Ids that
+    differ only in characters a file name cannot hold (``case 1``, ``case/1``) once shared one file,
+    and a changed image kept the stale one; by content, distinct images never share a file, identical
+    ones are stored once, and a changed image gets a new file. Raises OSError when src is unreadable."""
+    return f"images/{content_hash(src)}.png"
+
+
+def previous_images(out: Path) -> dict[str, list[str]]:
+    """id -> images of the records an earlier import left in OUT (unreadable lines are skipped: the file
+    is about to be replaced, and this only serves to report and tidy what changed). Empty unless OUT's
+    ledger says the adapter wrote it: another tool's dataset folder is never tidied."""
+    path = out / RECORDS
+    try:
+        job = str(json.loads((out / "ledger.json").read_text(encoding="utf-8"))["job"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not path.exists() or not job.startswith("adapter:"):
+        return {}
+    found = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                found[str(rec["id"])] = [str(i) for i in record_images(rec)]
+            except (ValueError, KeyError, TypeError):
+                continue
+    return found
+
+
+def replace_previous(out: Path, before: dict[str, list[str]], records: list[dict]) -> dict:
+    """Compare a re-import with what OUT held: records whose images changed, and the stored files no
+    record uses any more, which are deleted (only files inside OUT/images that the old records named)."""
+    now = {r["id"]: [str(i) for i in record_images(r)] for r in records}
+    used = {i for images in now.values() for i in images}
+    images_dir = (out / "images").resolve()
+    removed = 0
+    for name in sorted({i for images in before.values() for i in images} - used):
+        path = (out / name).resolve()
+        if path.is_relative_to(images_dir) and path.is_file():
+            path.unlink()
+            removed += 1
+    return {
+        "previous_records": len(before),
+        "images_replaced": sum(1 for rid, images in now.items() if rid in before and before[rid] != images),
+        "records_added": sum(1 for rid in now if rid not in before),
+        "records_dropped": sum(1 for rid in before if rid not in now),
+        "stale_images_removed": removed,
+    }
 
 
 def parse_boxes(value, label: str = "finding") -> list[dict]:
@@ -390,9 +441,8 @@ def adapt(
         if not answer:
             ledger.reject("missing answer", where, "empty answer", row=_jsonable(row))
             continue
-        stem = safe_name(rid)
         try:
-            srcs = image_sources(image, root, staging, stem)
+            srcs = image_sources(image, root, staging)
         except (ValueError, TypeError) as e:
             ledger.reject("bad image value", where, str(e), row=_jsonable(row))
             continue
@@ -425,12 +475,18 @@ def adapt(
             continue
         reasoning, _ = pick(row, cols.get("reasoning"))
         seen.add(rid)
+        try:  # converted images are stored by content (stored_name says why)
+            names = [stored_name(src) for src in srcs] if frame else []
+        except OSError as e:
+            reason = "missing image" if isinstance(e, FileNotFoundError) else "unreadable image"
+            ledger.reject(reason, where, f"{e.filename}: {e.strerror}", row=_jsonable(row))
+            continue
         pending.append(
             {
                 "where": where,
                 "row": row,
                 "srcs": srcs,
-                "stem": stem,
+                "names": names,
                 "fields": {
                     "id": rid,
                     "source": resolve_source(row, cfg),
@@ -448,12 +504,12 @@ def adapt(
             }
         )
 
-    # images: convert into the model frame (cached, parallel) or keep the originals
-    jobs = [
-        (src, out / name)
-        for p in pending
-        for src, name in zip(p["srcs"], image_names(p["stem"], len(p["srcs"])))
-    ]
+    # images: convert into the model frame (cached, parallel; each stored file once) or keep the originals
+    if frame:
+        unique = {name: src for p in pending for src, name in zip(p["srcs"], p["names"])}
+        jobs = [(src, out / name) for name, src in unique.items()]
+    else:
+        jobs = [(src, None) for p in pending for src in p["srcs"]]
     flat: list = []
     with tqdm(total=len(jobs), desc="images", unit="img", disable=not progress) as bar:
         if frame:
@@ -461,7 +517,8 @@ def adapt(
             with ImagePool(
                 int(frame["min_pixels"]), int(frame["max_pixels"]), workers, factor=fam.factor
             ) as pool:
-                flat = pool.convert(jobs, progress=bar)
+                done = dict(zip(unique, pool.convert(jobs, progress=bar)))
+            flat = [done[name] for p in pending for name in p["names"]]
         else:
             from PIL import Image
 
@@ -486,7 +543,7 @@ def adapt(
             continue
         fields = dict(p["fields"])
         if frame:
-            images = image_names(p["stem"], len(p["srcs"]))
+            images = p["names"]
         else:
             images = []
             for src in p["srcs"]:
@@ -517,6 +574,7 @@ def adapt(
             f.unlink()
         staging.rmdir()
 
+    before = previous_images(out)  # a re-import into the same OUT: what changes is reported and tidied
     ledger.written = write_jsonl(out / RECORDS, records)
     if frame:
         fam = get_family(frame.get("family"))
@@ -529,6 +587,8 @@ def adapt(
         "records_per_task": _counts(r["task"] for r in records),
         "records_per_source": _counts(r["source"] for r in records),
     }
+    if before:
+        ledger.extra["reimport"] = replace_previous(out, before, records)
     ledger.save(out)
     if progress:
         print(ledger.summary())
@@ -571,10 +631,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--image-root", help="folder relative image paths start from (overrides the config)")
     ap.add_argument("--workers", type=int, default=1, help="processes for image conversion")
     args = ap.parse_args(argv)
-    try:
+    # bad input is one line; OPENMEDIX_DEBUG=1 shows the traceback (data_prep.errors)
+    with user_errors("adapter", ConfigError, FileNotFoundError, ValueError):
         adapt(args.config, args.input, args.out, image_root=args.image_root, workers=args.workers)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"adapter: {e}") from None
 
 
 if __name__ == "__main__":

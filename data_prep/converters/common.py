@@ -33,6 +33,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from data_prep.converters.tables import MissingColumnsError
+from data_prep.errors import user_errors
 from data_prep.families import DEFAULT_FAMILY, FAMILIES, get_family
 from data_prep.frame import PAPER_MAX_PIXELS, QWEN_MIN_PIXELS, frame_rule, read_frame, write_frame
 from data_prep.images import ImageError, ImageInfo, ImagePool
@@ -101,6 +103,7 @@ def parser_for(source: str, description: str | None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="image worker processes")
     p.add_argument("--limit", type=int, default=None, help="convert only the first N images (units)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="a traceback instead of a one-line error")
     return p
 
 
@@ -235,19 +238,22 @@ def main(module, argv: list[str] | None = None) -> Ledger:
     if not root.is_dir():
         parser.error(f"--root {root} is not a folder")
     ledger = Ledger(module.SOURCE)
-    units: Iterator[Unit] = module.units(args, ledger)
-    total = len(units) if hasattr(units, "__len__") else None
-    return run(
-        module.SOURCE,
-        units,
-        lambda unit, info, led: module.records(unit, info, led, args),
-        args.out,
-        ledger,
-        min_pixels=args.min_pixels,
-        max_pixels=args.max_pixels,
-        workers=args.workers,
-        limit=args.limit,
-        progress=not args.no_progress,
-        total=total,
-        family=args.family,
-    )
+    # a CSV without a column the converter reads, or a file the layout lacks: one line, no traceback
+    # (raised while the units stream, so the whole run is covered)
+    with user_errors(module.SOURCE, MissingColumnsError, FileNotFoundError, debug=args.debug):
+        units: Iterator[Unit] = module.units(args, ledger)
+        total = len(units) if hasattr(units, "__len__") else None
+        return run(
+            module.SOURCE,
+            units,
+            lambda unit, info, led: module.records(unit, info, led, args),
+            args.out,
+            ledger,
+            min_pixels=args.min_pixels,
+            max_pixels=args.max_pixels,
+            workers=args.workers,
+            limit=args.limit,
+            progress=not args.no_progress,
+            total=total,
+            family=args.family,
+        )

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import yaml
 
+from data_prep.errors import user_errors
 from data_prep.families import DEFAULT_FAMILY, FAMILIES
 from data_prep.frame import FACTOR, PAPER_MAX_PIXELS, QWEN_MIN_PIXELS, read_frame, write_frame
 from data_prep.io import RECORDS, atomic_write_text, image_paths, read_records
@@ -213,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     im.add_argument("--image-root", help="folder relative image paths start from (default: the input's)")
     im.add_argument("--workers", type=int, default=1)
     args = ap.parse_args(argv)
-    try:
+    # bad input is one line; OPENMEDIX_DEBUG=1 shows the traceback (data_prep.errors)
+    with user_errors(f"easyr1 {args.cmd}", FileNotFoundError, ValueError, yaml.YAMLError):
         if args.cmd == "export":
             export(args.data, args.out, args.stage, args.splits, args.tasks, embed=args.images == "embed")
             return
@@ -225,8 +227,6 @@ def main(argv: list[str] | None = None) -> None:
             frame = {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "family": args.family}
         frame = {k: frame[k] for k in ("min_pixels", "max_pixels", "family") if k in frame}
         import_file(args.input, args.out, args.source, args.split, frame, args.image_root, args.workers)
-    except (FileNotFoundError, ValueError, yaml.YAMLError) as e:
-        raise SystemExit(f"easyr1 {args.cmd}: {e}") from None
 
 
 if __name__ == "__main__":

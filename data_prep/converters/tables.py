@@ -17,6 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+class MissingColumnsError(ValueError):
+    """A dataset file lacks a column the converter reads: the user's to fix (common.main prints it as
+    one line: the file, the missing columns, the columns found)."""
+
+
 def find_file(root: str | Path, *names: str, required: bool = True) -> Path | None:
     """The first of ``names`` (each also tried with .gz / .zip, and one folder level down) under root."""
     root = Path(root)
@@ -70,7 +75,8 @@ def fix_headers(header: list[str]) -> list[str]:
 def read_csv(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
     """Yield (line number, row) with cleaned headers; extra empty cells are ignored.
 
-    ``required`` columns missing from the header raise a ValueError naming the file.
+    ``required`` columns missing from the header raise MissingColumnsError naming the file, the
+    missing columns and the columns the header has.
     """
     with open_text(path) as f:
         reader = csv.reader(f)
@@ -79,7 +85,10 @@ def read_csv(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[tuple
         except StopIteration:
             header = []
         if missing := [c for c in required if c not in header]:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (header: {', '.join(header)})")
+            found = ", ".join(repr(c) for c in header) if header else "none, the file is empty"
+            raise MissingColumnsError(
+                f"{path}: missing column(s) {', '.join(missing)} (columns found: {found})"
+            )
         if not header:
             return
         n = len(header)

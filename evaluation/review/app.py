@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import re
 import secrets
 import socket
 import sys
@@ -32,6 +33,19 @@ from evaluation.review.study import CRITERION_KEYS, StudyError
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 MAX_COMMENT = 5000
+# Numbers in paths and forms: ASCII digits only. str.isdigit() and int() also take Unicode digits
+# ("²" passes isdigit, then int() raises) and unbounded lengths (30 nines overflow SQLite's INTEGER);
+# both answered 500.
+_NUMBER = re.compile(r"[0-9]{1,12}")
+
+
+def parse_number(text: str | None, low: int, high: int) -> int | None:
+    """``text`` as an int when it is 1-12 ASCII digits within [low, high], else None."""
+    if text is None or not _NUMBER.fullmatch(text):
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
+
 
 REMOTE_REFUSAL = """\
 Refusing to serve {study} on {host}: it shows credentialed data ({sources}), and {host} is reachable
@@ -126,8 +140,8 @@ def create_app(study: str | Path, warning: str | None = None) -> FastAPI:
                         token=token, reviewer=reviewer["name"], total=len(rows), nonce=nonce, warning=warning
                     )
                     return html_response(body, nonce)
-            elif item.isdigit() and 1 <= int(item) <= len(rows):
-                pos = int(item) - 1
+            elif (number := parse_number(item, 1, len(rows))) is not None:
+                pos = number - 1
             else:
                 text = f"There is no item {item[:20]!r}: items are 1 to {len(rows)}."
                 return html_response(page.message_page("Not found", text, nonce), nonce, 404)
@@ -173,10 +187,16 @@ def create_app(study: str | Path, warning: str | None = None) -> FastAPI:
                 )
                 text = f"The vote was not saved ({why}). Go back and choose A, B or tie on every criterion."
                 return html_response(page.message_page("Vote not saved", text, nonce), nonce, 400)
-            try:
-                elapsed = int(form.get("elapsed_ms") or "")
-            except ValueError:
-                elapsed = None
+            # the page's timer; a value that is not a plausible duration is refused, not stored
+            elapsed_text = form.get("elapsed_ms") or None
+            elapsed = parse_number(elapsed_text, 0, db.MAX_ELAPSED_MS) if elapsed_text else None
+            if elapsed_text and elapsed is None:
+                nonce = secrets.token_urlsafe(16)
+                text = (
+                    f"The vote was not saved: elapsed_ms {elapsed_text[:20]!r} is not a whole number of "
+                    f"milliseconds from 0 to {db.MAX_ELAPSED_MS} (24 hours). Reload the item and vote again."
+                )
+                return html_response(page.message_page("Vote not saved", text, nonce), nonce, 400)
             db.save_vote(
                 conn, reviewer["reviewer_id"], item_id, choices, form.get("comment", "").strip(), elapsed
             )
@@ -189,10 +209,11 @@ def create_app(study: str | Path, warning: str | None = None) -> FastAPI:
                 return forbidden()
             record = db.item(conn, item_id)
         images = json.loads(record["images"]) if record else []
-        if not (k.isdigit() and int(k) < len(images)):
+        index = parse_number(k, 0, len(images) - 1)
+        if index is None:
             return Response("no such image", status_code=404, media_type="text/plain", headers=headers())
         try:
-            data = png_bytes(images[int(k)])
+            data = png_bytes(images[index])
         except OSError:
             return Response("image unreadable", status_code=404, media_type="text/plain", headers=headers())
         return Response(data, media_type="image/png", headers=headers())

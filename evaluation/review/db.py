@@ -27,6 +27,7 @@ from pathlib import Path
 
 DB_FILE = "study.sqlite"
 CHOICES = ("A", "B", "tie")
+MAX_ELAPSED_MS = 24 * 3600 * 1000  # a vote's time on its item: longer is not a measurement
 
 
 def now() -> str:
@@ -195,6 +196,8 @@ def save_vote(
     elapsed_ms: int | None = None,
 ) -> None:
     """Insert or replace (counting revisions) one reviewer's vote on one item, in one transaction."""
+    if elapsed_ms is not None and not (0 <= elapsed_ms <= MAX_ELAPSED_MS):  # the app refuses it first
+        raise ValueError(f"elapsed_ms {elapsed_ms} is outside 0..{MAX_ELAPSED_MS}")
     cols = list(choices)
     with conn:
         conn.execute(
