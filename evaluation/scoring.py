@@ -49,7 +49,7 @@ HEADLINE = [
     ("reasoning/valid_box_rate", "Reasoning valid-box rate"),
     ("reasoning/cited_box_iou", "Reasoning cited-box IoU"),
     ("answers/boxed_rate", "Answers in \\boxed{}"),
-    ("reward/grounded", "Grounded reward (mean, GRPO weights)"),
+    ("reward/grounded", "Grounded reward (mean, default weights)"),
 ]
 HEADLINE_LABELS = dict(HEADLINE)
 

@@ -52,11 +52,12 @@ def train(mode: str, seed: int, coldstart: Path, data: Path, out: Path, steps: i
     if (out / "model.safetensors").exists():
         print(f"[{out.name}] already trained - skipping")
         return
-    names = list(REWARD_SETS[mode])
     cmd = [sys.executable, "-m", "recipes.grpo", "--config", "recipes/demo/grpo.yaml"]
     cmd += ["--model_name_or_path", str(coldstart), "--dataset_path", str(data), "--output_dir", str(out)]
-    cmd += ["--reward_mode", mode, "--reward_funcs", *names]
-    cmd += ["--reward_weights", *(str(REWARD_SETS[mode][n]) for n in names)]
+    if mode != "grounded":  # the grounded arm is the demo's GRPO recipe as it is (its own weights)
+        names = list(REWARD_SETS[mode])
+        cmd += ["--reward_mode", mode, "--reward_funcs", *names]
+        cmd += ["--reward_weights", *(str(REWARD_SETS[mode][n]) for n in names)]
     cmd += ["--seed", str(seed), "--report_to", "none", *(["--max_steps", str(steps)] if steps else [])]
     run_logged(cmd, out.parent / f"{out.name}.log", "GRPO run")
     print(f"[{out.name}] trained", flush=True)

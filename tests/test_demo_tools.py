@@ -148,8 +148,12 @@ def test_reward_study_trains_with_each_reward_set(tmp_path, monkeypatch, mode):
     with pytest.raises(SystemExit, match="out2.log"):  # a failed run names its log
         reward_study.train(mode, 3, tmp_path / "cs", tmp_path / "data", tmp_path / "out2", 7)
     cmd = calls[0]
-    names = cmd[cmd.index("--reward_funcs") + 1 : cmd.index("--reward_weights")]
-    assert names == list(reward_study.REWARD_SETS[mode])
+    if mode == "paper":
+        names = cmd[cmd.index("--reward_funcs") + 1 : cmd.index("--reward_weights")]
+        assert names == list(reward_study.REWARD_SETS[mode])
+    else:  # the demo's GRPO recipe as it is: its reward set and weights come from the YAML
+        assert "--reward_funcs" not in cmd and "--reward_weights" not in cmd
+        assert cmd[cmd.index("--config") + 1] == "recipes/demo/grpo.yaml"
     assert cmd[cmd.index("--seed") + 1] == "3" and cmd[cmd.index("--max_steps") + 1] == "7"
 
 
