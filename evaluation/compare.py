@@ -389,7 +389,8 @@ def compare(
         ["# Evaluation comparison", "", table, *_notes(results, runs, paper), ""]
         + (differences_table(diffs) + legend if diffs else [])
     )
-    atomic_write_text(out / "comparison.md", markdown + "\n")
+    markdown += "\n"
+    atomic_write_text(out / "comparison.md", markdown)
     atomic_write_text(
         out / "comparison.json",
         json.dumps(

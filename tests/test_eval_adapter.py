@@ -84,6 +84,21 @@ def bench(tmp_path):
     return path
 
 
+def test_unreadable_jsonl_lines_are_rejects_with_their_line(bench, tmp_path):
+    # a byte that is not UTF-8 and a line cut mid-write: each a reject naming its line, the rest imported
+    good = bench.read_bytes()
+    bench.write_bytes(good + b'{"id": "q9", "question": "Is there \xff effusion?"}\n{"id": "q10", "quest\n')
+    ledger = adapt(CONFIG, bench, tmp_path / "out", progress=False)
+    assert ledger["read"] == 11 and ledger["written"] == 4
+    assert ledger["rejected_by_reason"]["not valid UTF-8"] == 1
+    assert ledger["rejected_by_reason"]["not valid JSON"] == 1
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert {r["where"] for r in rejects if r["reason"].startswith("not valid")} == {
+        "test.jsonl:10",
+        "test.jsonl:11",
+    }
+
+
 def test_xraybench_jsonl(bench, tmp_path):
     out = tmp_path / "out"
     ledger = adapt(CONFIG, bench, out, progress=False)

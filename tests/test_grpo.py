@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from data_prep.io import read_records, write_jsonl
 from recipes import vllm_guard
@@ -39,7 +40,10 @@ def test_grpo_trains_and_logs_every_reward_from_the_yaml(tiny_dir, phantom_dir, 
         "recipes.grpo", *grpo_args(tiny_dir, phantom_dir, out, "--max_steps", "2", "--save_strategy", "no")
     )
     log = proc.stdout + proc.stderr
-    assert "rewards: answer x 1.0, format x 0.2, coordinate x 0.2, grounding x 0.5" in log
+    recipe = yaml.safe_load((ROOT / "recipes" / "demo" / "grpo.yaml").read_text())
+    weights = ", ".join(f"{n} x {w}" for n, w in zip(recipe["reward_funcs"], recipe["reward_weights"]))
+    assert weights == "answer x 1.0, format x 0.2, coordinate x 0.0, grounding x 0.5"
+    assert f"rewards: {weights}" in log
     rows = logged_rewards(log)
     assert len(rows) == 2
     for name in REWARDS:

@@ -51,7 +51,7 @@ import yaml
 from data_prep.errors import user_errors
 from data_prep.families import get_family
 from data_prep.frame import IMAGE_ROOTS, scale_box, write_frame
-from data_prep.io import RECORDS, Ledger, atomic_write_text, write_jsonl
+from data_prep.io import RECORDS, Ledger, atomic_write_text, iter_jsonl, write_jsonl
 from data_prep.schema import IMAGE_TOKEN, LIST_SEP, SPLITS, TASKS, RecordError, make_record, record_images
 
 REQUIRED = ("question", "answer", "image")
@@ -80,22 +80,18 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------- reading
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a .jsonl / .json / .parquet / .csv / .tsv file as dicts."""
+def read_rows(path: str | Path, broken: list | None = None) -> list[dict]:
+    """Rows of a .jsonl / .json / .parquet / .csv / .tsv file as dicts. A .jsonl line that is not valid
+    UTF-8 or JSON goes to ``broken`` as (line number, reason) when given, else raises naming file:line."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        return rows
+        try:
+            return [row for _, row in iter_jsonl(path, broken)]
+        except RecordError as e:
+            raise ValueError(str(e)) from None
     if suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         return _json_rows(data, path)
@@ -403,7 +399,11 @@ def adapt(
     split = constants.pop("split", "test")
     frame = cfg.get("frame")
     ledger = Ledger(f"adapter:{cfg['name']}")
-    rows = read_rows(input_path)
+    broken: list = []  # .jsonl lines that are not UTF-8 or not JSON: rejects, the rest goes on
+    rows = read_rows(input_path, broken)
+    for lineno, reason in broken:
+        ledger.read += 1
+        ledger.reject(reason.split(" (")[0], f"{input_path.name}:{lineno}", reason)
 
     pending: list[dict] = []  # rows that passed the text checks, waiting for their images
     seen: set[str] = set()
