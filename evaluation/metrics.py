@@ -44,15 +44,15 @@ Definitions (also in the README's evaluation section):
   ``cited_precision_iou`` = mean over cited boxes of their best IoU with a ground-truth box
   (punishes box spam, over samples that cite at least one box); ``cited_hit50`` = some cited box
   has IoU >= 0.5 with some ground-truth box.
-* **Confidence intervals.** 95% percentile bootstrap over samples (1000 resamples, seeded);
-  ratio metrics (micro F1, mAP, valid-box rate, corpus BLEU) are recomputed from resampled counts.
+* **Confidence intervals** are not computed here: ``evaluation.stats`` resamples whole studies and
+  recomputes each metric (ratio metrics from resampled counts).
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -479,57 +479,6 @@ def reasoning_metrics(samples: Sequence[dict]) -> tuple[dict, dict]:
         "cited_iou": opt("cited_iou"),
     }
     return out, arrays
-
-
-# ----------------------------------------------------------------------------- bootstrap
-
-
-def bootstrap_ci(
-    data,
-    statistic: Callable[[np.ndarray], float | None] | None = None,
-    n_resamples: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> tuple[float | None, float | None]:
-    """Percentile bootstrap CI of ``statistic`` (default: the mean) over the rows of ``data``.
-
-    Resamples rows with replacement ``n_resamples`` times from ``np.random.default_rng(seed)``:
-    the same data and seed always give the same interval.
-    """
-    data = np.asarray(data, dtype=float)
-    if statistic is None and data.ndim != 1:
-        raise ValueError("bootstrap_ci: the default statistic (mean) needs 1-D data")
-    n = len(data)
-    if n == 0 or n_resamples <= 0:
-        return None, None
-    rng = np.random.default_rng(seed)
-    stats = []
-    chunk = max(1, min(n_resamples, 2_000_000 // max(n, 1)))
-    done = 0
-    while done < n_resamples:
-        k = min(chunk, n_resamples - done)
-        idx = rng.integers(0, n, size=(k, n))
-        if statistic is None:
-            stats.extend(data[idx].mean(axis=1).tolist())
-        else:
-            for row in idx:
-                value = statistic(data[row])
-                if value is not None:
-                    stats.append(value)
-        done += k
-    if not stats:
-        return None, None
-    lo, hi = np.percentile(np.asarray(stats, dtype=float), [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(lo), float(hi)
-
-
-def headline_entry(value, ci: tuple[float | None, float | None], n: int) -> dict:
-    return {
-        "value": None if value is None else float(value),
-        "ci_low": ci[0],
-        "ci_high": ci[1],
-        "n": int(n),
-    }
 
 
 def _mean(values) -> float | None:
