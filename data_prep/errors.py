@@ -1,18 +1,33 @@
-"""User errors on the command line: one line, no traceback (issue #24).
+"""The project's error type, user errors on the command line, and logging set-up for entry points.
 
-A missing column, a typo in a recipe or a missing input is the user's to fix, and a traceback buries
-the one line that says how. Entry points turn such errors into ``SystemExit(one line)``; the
-traceback is still there for whoever debugs: ``--debug`` (where a command has the flag) or
-``OPENMEDIX_DEBUG=1`` re-raises the original exception.
+Library code raises ``OpenMedixError`` subclasses (never ``SystemExit``: ``except Exception`` must
+see them) and logs with ``logging``. Only an entry point's ``main`` turns an error into an exit code
+and one line: a missing column, a typo in a recipe or a missing input is the user's to fix, and a
+traceback buries the line that says how. Whoever debugs still gets the traceback: ``--debug``
+(where a command has the flag) or ``OPENMEDIX_DEBUG=1`` re-raises the original exception.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
 DEBUG_ENV = "OPENMEDIX_DEBUG"
+
+
+class OpenMedixError(Exception):
+    """Base of every error this project raises on purpose: bad input, a bad recipe, a missing file.
+
+    Subclasses also derive from the builtin that fits (``ValueError``, ``FileNotFoundError``...),
+    so callers that catch those keep working."""
+
+
+def setup_logging(main_process: bool = True, level: int = logging.INFO) -> None:
+    """Library messages to stderr: ``level`` on the main process, WARNING on the others (on 8 ranks
+    one copy of each message, as open-r1 does). Progress bars are not logging and are unaffected."""
+    logging.basicConfig(format="%(message)s", level=level if main_process else logging.WARNING, force=True)
 
 
 def debug_enabled(flag: bool = False) -> bool:

@@ -5,8 +5,8 @@ through the model's chat template with ``add_generation_prompt=True``, and the r
 (already in the model frame, see data_prep.frame; a multi-view study has several, in order)
 loaded with PIL from ``io.image_paths``.
 The processor pads on the left and its min/max pixels must match the dataset's ``frame.json``
-(``recipes.common.load_processor`` stops with a clear message otherwise). Neither backend samples
-vision special tokens (recipes/vision_tokens.py); both decode in bfloat16 on a GPU and float32 on
+(``training.common.load_processor`` stops with a clear message otherwise). Neither backend samples
+vision special tokens (training/vision_tokens.py); both decode in bfloat16 on a GPU and float32 on
 CPU, where their predictions are token-for-token the same (tested on the tiny model).
 """
 
@@ -19,7 +19,7 @@ from PIL import Image
 from data_prep.families import model_family
 from data_prep.io import image_paths
 from data_prep.prompts import build_prompt
-from recipes.vision_tokens import vision_token_ids, vision_tokens
+from training.vision_tokens import vision_token_ids, vision_tokens
 
 BACKENDS = ("transformers", "vllm")
 # On CPU a model this small gains nothing from intra-op threads, and on a shared CPU their
@@ -58,7 +58,7 @@ class TransformersGenerator:
         import torch
         from transformers import AutoModelForImageTextToText
 
-        from recipes.common import load_processor
+        from training.common import load_processor
 
         self.torch = torch
         self.data_dir = data_dir
@@ -121,7 +121,7 @@ class VLLMGenerator:
         from transformers import AutoConfig
 
         from data_prep.frame import read_frame
-        from recipes.common import load_processor
+        from training.common import load_processor
 
         self.data_dir = data_dir
         self.family = model_family(model_path)

@@ -10,9 +10,9 @@
 Each prompt is the image + question + the paper's reasoning instruction; the columns the
 rewards read (solution, boxes, width, height, task) ride along. Rewards come from the registry
 by name (`reward_funcs`, `reward_weights` in the YAML). Prompts longer than `max_prompt_tokens`
-are dropped and counted (GRPOConfig no longer truncates prompts). With vLLM, recipes/vllm_guard.py
+are dropped and counted (GRPOConfig no longer truncates prompts). With vLLM, training/vllm_guard.py
 makes the rollouts come from the prompt and weights being trained (see its docstring), and
-recipes/vision_tokens.py keeps vision special tokens out of every completion.
+training/vision_tokens.py keeps vision special tokens out of every completion.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from data_prep.io import atomic_write_text, image_paths
 from data_prep.prompts import build_prompt
 from data_prep.trl_dataset import grpo_dataset, image_boxes, load_checked_records
 from evaluation.curves import reward_trend, trend_lines
-from recipes import vision_tokens, vllm_cpu, vllm_guard
-from recipes.cli import parse_recipe
-from recipes.common import end_distributed, image_tokens, last_checkpoint, load_processor, save_final
 from rewards import REWARD_SETS, get_reward_funcs
+from training import vision_tokens, vllm_cpu, vllm_guard
+from training.cli import parse_recipe
+from training.common import end_distributed, image_tokens, last_checkpoint, load_processor, save_final
 
 
 @dataclass
@@ -75,7 +75,7 @@ class GRPOScriptArguments:
     vllm_guard: bool = field(
         default=True,
         metadata={
-            "help": "feed vLLM the prompt TRL trains on and check every rollout (recipes/vllm_guard.py)"
+            "help": "feed vLLM the prompt TRL trains on and check every rollout (training/vllm_guard.py)"
         },
     )
     resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint in output_dir"})

@@ -26,8 +26,8 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config, 
 from data_prep.families import check_family
 from data_prep.frame import processor_rule
 from data_prep.trl_dataset import BadRowsError, load_checked_records, sft_dataset, sft_row
-from recipes.cli import parse_recipe
-from recipes.common import (
+from training.cli import parse_recipe
+from training.common import (
     end_distributed,
     image_tokens,
     last_checkpoint,

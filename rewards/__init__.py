@@ -35,7 +35,7 @@ Grounded mode (``rewards.grounded``) - what our recipes train with
     matching) between cited and ground-truth boxes, None where the sample has none.
 
 Beside the rewards, ``coordinate``/``paper_coordinate`` log box and think statistics through
-TRL's ``log_metric`` keyword (``rewards.stats``). ``python -m rewards.bench`` measures
+TRL's ``log_metric`` keyword (``rewards.stats``). ``python -m benchmarks.rewards`` measures
 throughput.
 
 Modules: ``parsing`` (think block, boxed answers, boxes), ``similarity`` (nltk-exact BLEU,
@@ -51,7 +51,7 @@ Adding a reward (a short recipe):
    None where it does not apply. Keep it fast: no model calls, no I/O.
 2. Register it in ``rewards/registry.py`` (``register(my_reward)``); the name is ``__name__``.
 3. Test it in ``tests/test_rewards_*.py``: its range, a hand-checked case, the hacks it must
-   not pay, conversational input; add it to ``rewards/bench.py`` if it is in a default set.
+   not pay, conversational input; add it to ``benchmarks/rewards.py`` if it is in a default set.
 4. Name it in a recipe's ``reward_funcs`` with a weight in ``reward_weights``.
 """
 

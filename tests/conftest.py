@@ -16,7 +16,6 @@ TEST_SIZE = 112  # smallest phantom frame: 16 image tokens, fast CPU steps
 def script_env() -> dict:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
@@ -42,6 +41,6 @@ def phantom_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
-    from recipes.tiny_model import build_tiny_model
+    from demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny", size=TEST_SIZE, hidden=64, layers=2)

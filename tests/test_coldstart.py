@@ -306,7 +306,7 @@ def test_a_killed_run_resumes_without_duplicates_or_losses(tmp_path):
             "--concurrency",
             "2",
         ]
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ))
         deadline = time.time() + 20
         while time.time() < deadline:
             done = len(lines(out / "coldstart.jsonl")) + len(lines(out / "rejects.jsonl"))

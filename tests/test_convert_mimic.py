@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from data_prep.bench import JPEG_SIZES, REPORT_VARIANTS, make_mimic_tree
+from benchmarks.data import JPEG_SIZES, REPORT_VARIANTS, make_mimic_tree
 from data_prep.converters import mimic_cxr
 from data_prep.converters.common import main
 from data_prep.converters.reports import findings_impression, normalize_section_name

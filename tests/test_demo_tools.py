@@ -1,5 +1,5 @@
-"""The demo's judging tools: per-seed checks (recipes.demo_seeds), training-curve plots
-(recipes.demo) and the reward study's table (recipes.reward_study), on hand-made inputs."""
+"""The demo's judging tools: per-seed checks (demo.seeds), training-curve plots
+(demo.pipeline) and the reward study's table (demo.reward_study), on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from recipes import demo, demo_seeds, reward_study
+from demo import pipeline as demo
+from demo import reward_study
+from demo import seeds as demo_seeds
 
 
 def entry(value, half):

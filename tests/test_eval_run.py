@@ -26,7 +26,7 @@ FAST = {"meteor": False, "model_metrics": False, "n_boot": 50, "max_new_tokens":
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    from recipes.tiny_model import build_tiny_model
+    from demo.tiny_model import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("eval_model") / "tiny"))
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from data_prep.io import read_records, write_jsonl
-from recipes import vllm_guard
 from tests.conftest import ROOT, run_module, script_env
+from training import vllm_guard
 
 pytestmark = pytest.mark.slow
 REWARDS = ("answer", "format", "coordinate", "grounding")
@@ -157,7 +157,7 @@ def test_long_prompts_are_filtered_and_counted(tiny_dir, phantom_dir, tmp_path):
     )
 
 
-# --- recipes/vllm_guard.py logic (the real vLLM path runs in tests/test_vllm.py) ---
+# --- training/vllm_guard.py logic (the real vLLM path runs in tests/test_vllm.py) ---
 
 IMG = 7
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from recipes import preflight
 from tests.conftest import ROOT, run_module
+from training import preflight
 
 SCALE = "qwen2.5-vl-7b"
 
@@ -37,7 +37,7 @@ def finished_model(path: Path) -> None:
 
 def test_without_gpus_it_refuses_naming_the_count_and_the_cpu_demo():
     """On any machine: more processes than GPUs (there are none here) -> one line, exit 2."""
-    proc = run_module("recipes.preflight", "--config", recipe("sft"), "--nproc", "4096", check=False)
+    proc = run_module("training.preflight", "--config", recipe("sft"), "--nproc", "4096", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("preflight:")]
     assert f"{recipe('sft')} needs 4096 GPU(s) here (4096 processes) but torch sees " in line
@@ -113,7 +113,7 @@ def test_the_makefile_runs_it_before_accelerate_and_not_for_the_demo():
         return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
     gpu = dry(SCALE).split(" else ", 1)[1]
-    check = f"-m recipes.preflight --config recipes/{SCALE}/coldstart.yaml --nproc 4"
+    check = f"-m training.preflight --config recipes/{SCALE}/coldstart.yaml --nproc 4"
     assert check in gpu and "--max_steps 5" in gpu.split("&&")[0]
     assert gpu.index(check) < gpu.index("&&") < gpu.index("accelerate launch")
-    assert "recipes.preflight" not in dry("demo").split(" else ", 1)[0]
+    assert "training.preflight" not in dry("demo").split(" else ", 1)[0]

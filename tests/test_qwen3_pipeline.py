@@ -9,7 +9,7 @@ import pytest
 
 from data_prep.phantom import generate
 from data_prep.synthesis.coldstart import main as coldstart_main
-from recipes.tiny_model import build_tiny_model
+from demo.tiny_model import build_tiny_model
 from tests.conftest import run_module
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,5 @@
 """Recipe parsing errors as one line (issue #24): a YAML key typo, a broken YAML file, a value of the
-wrong type, an unknown flag. recipes.cli.parse_recipe over TrlParser and the recipes' real dataclasses."""
+wrong type, an unknown flag. training.cli.parse_recipe over TrlParser and the recipes' real dataclasses."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from trl import GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
-from recipes.cli import check_config, parse_recipe
 from recipes.grpo import GRPOScriptArguments
 from recipes.sft import SFTScriptArguments
 from tests.conftest import ROOT
+from training.cli import check_config, parse_recipe
 
 DEMO_SFT = ROOT / "recipes" / "demo" / "sft.yaml"
 RECIPES = sorted(

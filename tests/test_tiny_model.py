@@ -7,7 +7,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2_5_VLF
 
 from data_prep.prompts import build_completion, build_prompt
 from data_prep.trl_dataset import trl_prompt
-from recipes.tiny_model import SPECIAL_TOKENS, build_tiny_model
+from demo.tiny_model import SPECIAL_TOKENS, build_tiny_model
 
 RECORD = {
     "id": "x",

@@ -10,12 +10,12 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen3VLForConditionalGeneration
 
 from data_prep.frame import smart_resize
-from recipes.tiny_model import QWEN3_MIN_PIXELS, QWEN3_VL_ADDED_TOKENS, QWEN3_VL_NOT_SPECIAL, build_tiny_model
+from demo.tiny_model import QWEN3_MIN_PIXELS, QWEN3_VL_ADDED_TOKENS, QWEN3_VL_NOT_SPECIAL, build_tiny_model
 
 pytestmark = pytest.mark.slow
 
 SIZE = 128  # smallest square frame of the demo's kind for Qwen3-VL: 4 x 4 merged tokens of 32 px
-# Qwen/Qwen3-VL-8B-Instruct's chat template (5292 bytes), see recipes/tiny_model.py
+# Qwen/Qwen3-VL-8B-Instruct's chat template (5292 bytes), see demo/tiny_model.py
 TEMPLATE_SHA256 = "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4"
 # (height, width): kept as is, half-way sides (80 / 32 = 2.5, 144 / 28 ~ 5.1), below min_pixels,
 # above max_pixels, elongated both ways, odd sides

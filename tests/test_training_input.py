@@ -25,9 +25,9 @@ from data_prep.frame import processor_rule
 from data_prep.io import IMAGE_ROOTS_ENV, read_records, write_jsonl
 from data_prep.schema import RecordError, make_record
 from data_prep.trl_dataset import BadRowsError, load_checked_records, reason_kind, sft_row
-from recipes.common import CheckpointError, FrameMissing, last_checkpoint, load_processor
 from tests.conftest import run_module
 from tests.test_sft import sft_args
+from training.common import CheckpointError, FrameMissing, last_checkpoint, load_processor
 
 W = H = 56
 RULE = (3136, W * H, 28)  # a 56 x 56 frame: min = max = 3136 pixels, sides in multiples of 28
@@ -337,7 +337,7 @@ def test_resume_picks_the_newest_checkpoint_that_has_weights_and_optimizer(tmp_p
     checkpoint(out, 4, leave_out=("model.safetensors",))
     checkpoint(out, 6, leave_out=("optimizer.pt",))
     checkpoint(out, 8, leave_out=("trainer_state.json",))
-    caplog.set_level("INFO", logger="recipes.common")
+    caplog.set_level("INFO", logger="training.common")
 
     assert last_checkpoint(str(out), resume=True) == str(good)
     printed = capsys.readouterr().out

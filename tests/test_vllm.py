@@ -33,7 +33,7 @@ def vllm_run(module: str, *args, timeout: int = 600, check: bool = True):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """The demo's tiny model (hidden 128: vLLM's CPU attention has no kernel for the suite's head_dim 16)."""
-    from recipes.tiny_model import build_tiny_model
+    from demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny128") / "tiny", size=TEST_SIZE, hidden=128, layers=2)
 
@@ -187,7 +187,7 @@ def test_grpo_refuses_server_mode_training_on_cpu(tiny_dir, phantom_dir, tmp_pat
 def test_check_vllm_on_cpu_matches_model_generate_token_by_token(opinionated_dir, phantom_dir, tmp_path):
     out = tmp_path / "check.json"
     proc = vllm_run(
-        "recipes.check_vllm",
+        "vllm_tools.check",
         *("--model", opinionated_dir, "--data", phantom_dir, "--n", "16", "--max-new-tokens", "32"),
         *("--enforce-eager", "--out", out),
     )
@@ -227,7 +227,7 @@ QWEN3_SIZE = 128
 @pytest.fixture(scope="module")
 def qwen3(tmp_path_factory):
     from data_prep.phantom import generate
-    from recipes.tiny_model import build_tiny_model
+    from demo.tiny_model import build_tiny_model
 
     root = tmp_path_factory.mktemp("q3vllm")
     data = root / "phantom"

@@ -35,10 +35,10 @@ def main(argv=None) -> int:
     from trl.generation.vllm_generation import VLLMGeneration
 
     from data_prep.io import read_records
-    from recipes import vllm_guard
-    from recipes.check_vllm import build_prompts
-    from recipes.common import load_processor
-    from recipes.vision_tokens import vision_token_ids, vision_tokens
+    from training import vllm_guard
+    from training.common import load_processor
+    from training.vision_tokens import vision_token_ids, vision_tokens
+    from vllm_tools.check import build_prompts
 
     VLLMClient.init_communicator = lambda self, device=0: None  # NCCL weight transfer: CUDA only
     processor = load_processor(args.model, args.data, None, None)

@@ -21,8 +21,8 @@ from trl import GRPOConfig, ModelConfig, TrlParser
 from trl.data_utils import prepare_multimodal_messages
 
 from recipes.grpo import GRPOScriptArguments, build_trainer
-from recipes.vision_tokens import vision_token_ids
 from tests.opinionated import make_vision_loving, reinit
+from training.vision_tokens import vision_token_ids
 
 N_PROMPTS, NEW_TOKENS = 4, 12
 

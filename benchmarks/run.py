@@ -1,13 +1,13 @@
 """`make bench`: every benchmark of the repository, figures merged into one JSON file.
 
-    python -m recipes.bench --out outputs/bench.json [--only sft rewards grpo data]
+    python -m benchmarks.run --out outputs/bench.json [--only sft rewards grpo data]
 
 - sft:     steps/s and peak RSS of the demo SFT recipe (recipes/demo/sft.yaml) on the tiny model
-- rewards: completions/s of each reward and of the paper / grounded sets (rewards.bench)
+- rewards: completions/s of each reward and of the paper / grounded sets (benchmarks.rewards)
 - grpo:    s/step (median TRL step_time) and peak RSS of recipes/grpo.py vs a bare TRL
-           GRPOTrainer script (recipes/bench_grpo_bare.py), same model, data, rewards, settings
-- data:    records/s of the MIMIC converter and images/s of the image step (data_prep.bench)
-- vllm:    rollout tokens/s of vLLM vs model.generate on the same GRPO prompts (recipes.bench_rollouts),
+           GRPOTrainer script (benchmarks/grpo_bare.py), same model, data, rewards, settings
+- data:    records/s of the MIMIC converter and images/s of the image step (benchmarks.data)
+- vllm:    rollout tokens/s of vLLM vs model.generate on the same GRPO prompts (benchmarks.rollouts),
            and the demo GRPO recipe's s/step with colocated vLLM vs transformers generation
 
 Training benchmarks need the demo's data and models; missing ones are built first.
@@ -59,7 +59,7 @@ def train_runtime(log: str) -> tuple[float, int]:
 
 def isolated(bench: str, args: argparse.Namespace) -> dict:
     """Run one benchmark in a fresh interpreter so its peak RSS is its own."""
-    cmd = PY + ["recipes.bench", "--one", bench, "--outputs", args.outputs, "--steps", str(args.steps)]
+    cmd = PY + ["benchmarks.run", "--one", bench, "--outputs", args.outputs, "--steps", str(args.steps)]
     res = child(cmd)
     return json.loads(res["out"].strip().splitlines()[-1])
 
@@ -70,13 +70,13 @@ def ensure_demo_inputs(outputs: Path, need_coldstart: bool) -> None:
         "demo/coldstart/model.safetensors" if need_coldstart else "tiny-qwen2.5-vl/tiny_model.json"
     )
     if not done.exists():
-        subprocess.run(PY + ["recipes.demo", "--out", str(outputs), "--stop-after", stop], check=True)
+        subprocess.run(PY + ["demo.pipeline", "--out", str(outputs), "--stop-after", stop], check=True)
 
 
 def bench_sft(outputs: Path, steps: int) -> dict:
     ensure_demo_inputs(outputs, need_coldstart=False)
     if not (outputs / "phantom/records.jsonl").exists():
-        subprocess.run(PY + ["recipes.demo", "--out", str(outputs), "--stop-after", "phantom"], check=True)
+        subprocess.run(PY + ["demo.pipeline", "--out", str(outputs), "--stop-after", "phantom"], check=True)
     with tempfile.TemporaryDirectory() as tmp:
         res = child(
             PY + ["recipes.sft", "--config", "recipes/demo/sft.yaml", "--model_name_or_path",
@@ -96,7 +96,7 @@ def bench_grpo_one(outputs: Path, steps: int, bare: bool, vllm: bool = False) ->
     model, data = outputs / "demo/coldstart", outputs / "phantom"
     with tempfile.TemporaryDirectory() as tmp:
         if bare:
-            cmd = PY + ["recipes.bench_grpo_bare", "--model", str(model), "--data", str(data), "--output_dir", tmp,
+            cmd = PY + ["benchmarks.grpo_bare", "--model", str(model), "--data", str(data), "--output_dir", tmp,
                         "--max_steps", str(steps)]  # fmt: skip
         else:
             cmd = PY + ["recipes.grpo", "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", str(model),
@@ -144,7 +144,7 @@ def bench_vllm(args) -> dict:
     ensure_demo_inputs(outputs, need_coldstart=True)
     with tempfile.TemporaryDirectory() as tmp:
         child(
-            PY + ["recipes.bench_rollouts", "--model", str(outputs / "demo/coldstart"), "--data",
+            PY + ["benchmarks.rollouts", "--model", str(outputs / "demo/coldstart"), "--data",
                   str(outputs / "phantom"), "--out", f"{tmp}/rollouts.json"]
         )  # fmt: skip
         rollouts = json.loads(Path(f"{tmp}/rollouts.json").read_text())
@@ -202,11 +202,11 @@ def main() -> None:
             elif name == "vllm":
                 results["vllm"] = bench_vllm(args)
             elif name == "rewards":
-                child(PY + ["rewards.bench", "--out", f"{tmp}/rewards.json"])
+                child(PY + ["benchmarks.rewards", "--out", f"{tmp}/rewards.json"])
                 results["rewards"] = json.loads(Path(f"{tmp}/rewards.json").read_text())
             elif name == "data":
                 child(
-                    PY + ["data_prep.bench", "--studies", str(args.data_studies), "--out", f"{tmp}/data.json"]
+                    PY + ["benchmarks.data", "--studies", str(args.data_studies), "--out", f"{tmp}/data.json"]
                 )
                 results["data"] = json.loads(Path(f"{tmp}/data.json").read_text())
             print(json.dumps(results[name], indent=2)[:2000], flush=True)

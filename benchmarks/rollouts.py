@@ -1,9 +1,9 @@
 """Rollout throughput: vLLM vs ``model.generate`` on the same GRPO prompts (run by ``make bench``).
 
-    python -m recipes.bench_rollouts --model outputs/demo/coldstart --data outputs/phantom --out r.json
+    python -m benchmarks.rollouts --model outputs/demo/coldstart --data outputs/phantom --out r.json
 
 Prompts are built as GRPOTrainer builds them (image + reasoning prompt, chat template, image tokens
-expanded); vLLM gets them as recipes/vllm_guard.py sends them (image-token runs collapsed). Both
+expanded); vLLM gets them as training/vllm_guard.py sends them (image-token runs collapsed). Both
 sample at temperature 1 for exactly ``--tokens`` new tokens per completion (vLLM ``ignore_eos``,
 transformers ``min_new_tokens``), at each batch size in ``--batches`` (completions per call; the
 demo's GRPO step generates 8). Each figure is the median of ``--repeats`` timed calls after one
@@ -36,9 +36,9 @@ def main(argv=None) -> int:
     from vllm import LLM, SamplingParams
 
     from data_prep.io import atomic_write_text, read_records
-    from recipes.check_vllm import build_prompts
-    from recipes.common import load_processor
-    from recipes.vllm_guard import collapse_runs
+    from training.common import load_processor
+    from training.vllm_guard import collapse_runs
+    from vllm_tools.check import build_prompts
 
     gpu = torch.cuda.is_available()
     dtype = torch.bfloat16 if gpu else torch.float32

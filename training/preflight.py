@@ -1,6 +1,6 @@
 """Before a GPU launch: are the GPUs, the input model and the dataset there? (issue #24)
 
-    python -m recipes.preflight --config recipes/qwen2.5-vl-7b/coldstart.yaml --nproc 8 \\
+    python -m training.preflight --config recipes/qwen2.5-vl-7b/coldstart.yaml --nproc 8 \\
         [--accelerate-config recipes/accelerate/zero3.yaml] [recipe flags ...]
 
 ``make sft`` / ``make coldstart`` / ``make grpo`` with a SCALE other than demo run this once before
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from recipes.cli import RecipeError, read_config
+from training.cli import RecipeError, read_config
 
 RECORDS = "records.jsonl"  # data_prep.io.RECORDS (not imported: this runs before anything heavy)
 MIXTURES = Path("recipes", "mixtures")  # as the Makefile runs it: from the repository root
@@ -167,7 +167,7 @@ def problem(
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
-        prog="python -m recipes.preflight",
+        prog="python -m training.preflight",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,

@@ -2,10 +2,10 @@
 # Serve a Qwen2.5-VL policy with vLLM for GRPO's server mode (`vllm_mode: server`). Used by
 # `make vllm-serve` and by recipes/slurm/grpo_multinode.sbatch.
 #
-#   CUDA_VISIBLE_DEVICES=0 recipes/vllm_serve.sh outputs/qwen2.5-vl-7b/coldstart
-#   CUDA_VISIBLE_DEVICES=0 DATA=data/mixtures/example/rl recipes/vllm_serve.sh MODEL   # frame from DATA
-#   CUDA_VISIBLE_DEVICES=0,1 VLLM_TP=2 recipes/vllm_serve.sh MODEL --enforce-eager     # extra flags go to vLLM
-#   DRY_RUN=1 recipes/vllm_serve.sh MODEL                                               # print the command only
+#   CUDA_VISIBLE_DEVICES=0 vllm_tools/serve.sh outputs/qwen2.5-vl-7b/coldstart
+#   CUDA_VISIBLE_DEVICES=0 DATA=data/mixtures/example/rl vllm_tools/serve.sh MODEL   # frame from DATA
+#   CUDA_VISIBLE_DEVICES=0,1 VLLM_TP=2 vllm_tools/serve.sh MODEL --enforce-eager     # extra flags go to vLLM
+#   DRY_RUN=1 vllm_tools/serve.sh MODEL                                               # print the command only
 #
 # Then train on the other GPUs with recipes/qwen2.5-vl-7b/grpo-server.yaml. The server must start
 # from the same weights as the trainer (the trainer pushes its weights over NCCL before each round).

@@ -1,12 +1,12 @@
 """`make demo-seeds`: does the demo's RL stage teach on this machine? The whole demo for several seeds, judged.
 
-    python -m recipes.demo_seeds --seeds 0 1 2 [--out outputs]
+    python -m demo.seeds --seeds 0 1 2 [--out outputs]
 
 One training run is an anecdote: CPU float kernels differ between machines, so the same schedule
-lands somewhere else on another machine. For each seed this runs `recipes.demo --seed N` (finished
+lands somewhere else on another machine. For each seed this runs `demo.pipeline --seed N` (finished
 stages and evaluations are skipped), which evaluates every stage on the same sample of test records
 (every test study represented) and compares GRPO with the cold start by paired differences that
-resample whole studies (evaluation.compare). Then, per seed, the demo's four checks (recipes.demo
+resample whole studies (evaluation.compare). Then, per seed, the demo's four checks (demo.pipeline
 rl_checks):
 
   1-2. GRPO minus cold start is marked better (95% paired CI above 0, Holm-adjusted over the
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.io import atomic_write_text
-from recipes.demo import check_lines, demo_dir, rl_checks
+from demo.pipeline import check_lines, demo_dir, rl_checks
 
 SHOWN = {
     "reward/grounded": "grounded reward",
@@ -118,12 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="outputs")
-    args, demo_args = ap.parse_known_args(argv)  # anything else goes to recipes.demo (e.g. --eval-sample)
+    args, demo_args = ap.parse_known_args(argv)  # anything else goes to demo.pipeline (e.g. --eval-sample)
 
     out = Path(args.out)
     results = {}
     for seed in args.seeds:
-        cmd = [sys.executable, "-m", "recipes.demo", "--out", str(out), "--seed", str(seed), *demo_args]
+        cmd = [sys.executable, "-m", "demo.pipeline", "--out", str(out), "--seed", str(seed), *demo_args]
         print(f"\n$ {' '.join(cmd)}", flush=True)
         subprocess.run(cmd, check=True)
         comparison = json.loads((demo_dir(out, seed) / "eval" / "compare" / "comparison.json").read_text())

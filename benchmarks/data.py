@@ -1,7 +1,7 @@
 """Data-prep benchmark: the MIMIC-CXR converter on a generated MIMIC-like tree.
 
 Usage:
-    python -m data_prep.bench [--studies 20000] [--out bench.json] [--workers N] [--keep DIR]
+    python -m benchmarks.data [--studies 20000] [--out bench.json] [--workers N] [--keep DIR]
 
 Generates, in a temp folder, a MIMIC-CXR-JPG-shaped tree (files/p1X/p<subject>/s<study>/
 <dicom>.jpg, small JPGs of a few sizes; one report .txt per study drawn from a table of
@@ -230,7 +230,7 @@ def bench_size(tmp: Path, studies: int, workers: int) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m data_prep.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.data", description=__doc__.split("\n\n")[0])
     p.add_argument("--studies", type=int, default=20000, help="studies at the large size (small = 1/4)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--out", default=None, help="write the results as JSON here")

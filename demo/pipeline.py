@@ -297,7 +297,7 @@ def main() -> None:
         "tiny-model": Job(
             "tiny-model",
             tiny / "tiny_model.json",
-            py + ["recipes.tiny_model", "--size", size, "--out", str(tiny)],
+            py + ["demo.tiny_model", "--size", size, "--out", str(tiny)],
         ),
         "sft": train("sft", "sft", tiny, phantom),
         "coldstart-data": Job(

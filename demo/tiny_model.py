@@ -1,7 +1,7 @@
 """Build the demo's tiny Qwen-VL offline: config, tokenizer, processor, chat template.
 
-    python -m recipes.tiny_model --out outputs/tiny-qwen2.5-vl [--size 224]
-    python -m recipes.tiny_model --family qwen3-vl --size 128 --out outputs/tiny-qwen3-vl
+    python -m demo.tiny_model --out outputs/tiny-qwen2.5-vl [--size 224]
+    python -m demo.tiny_model --family qwen3-vl --size 128 --out outputs/tiny-qwen3-vl
 
 Two families, each the architecture of its full-size model shrunk to ~1M parameters, so the whole
 pipeline runs on two CPU cores in minutes:

@@ -4,7 +4,7 @@ Same tiny model, same phantom prompts (read with plain json), same reward functi
 same GRPOConfig as recipes/demo/grpo.yaml, so the difference in step time and peak memory is
 the cost of our recipe (row checks, prompt-length filter, vLLM guard, reward registry).
 
-    python -m recipes.bench_grpo_bare --model outputs/demo/coldstart --data outputs/phantom --max_steps 10
+    python -m benchmarks.grpo_bare --model outputs/demo/coldstart --data outputs/phantom --max_steps 10
 """
 
 from __future__ import annotations

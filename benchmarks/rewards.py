@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m rewards.bench                      # 10,000 completions, table on stdout
-    python -m rewards.bench --n 2000 --out outputs/reward_bench.json
+    python -m benchmarks.rewards                      # 10,000 completions, table on stdout
+    python -m benchmarks.rewards --n 2000 --out outputs/reward_bench.json
 
 The corpus is generated from a seed (no data needed): prompts in GRPO groups of
 ``--group`` completions (as the trainer scores them: the group shares its ground truth),
@@ -332,7 +332,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rewards.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.rewards", description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=10_000, help="completions in the corpus (default 10000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=64, help="completions per reward call (default 64)")

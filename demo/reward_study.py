@@ -1,6 +1,6 @@
 """`make reward-study`: the paper's reward vs the grounded reward, from the same cold start.
 
-    python -m recipes.reward_study [--coldstart outputs/demo/coldstart] [--seeds 0 1 2] [--out outputs/reward-study]
+    python -m demo.reward_study [--coldstart outputs/demo/coldstart] [--seeds 0 1 2] [--out outputs/reward-study]
 
 The released DeepMedix-R1 coordinate term pays +0.05 per box in the think block wherever the box
 points (rewards/paper.py); the grounded reward pays boxes only for being valid in the frame and
@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.io import atomic_write_text
+from demo.pipeline import grpo_history
+from demo.seeds import cell, diff_cell, evaluate, run_logged
 from evaluation.compare import load_rows, paired
 from evaluation.runs import load_results
-from recipes.demo import grpo_history
-from recipes.demo_seeds import cell, diff_cell, evaluate, run_logged
 from rewards import REWARD_SETS
 
 METRICS = {
