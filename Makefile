@@ -98,10 +98,10 @@ TEACHER ?= offline
 OFFLINE_STYLE ?= survey
 DATA ?= $(OUT)/phantom
 COLDSTART_OUT ?= $(OUT)/coldstart
-coldstart-data: $(VENV_STAMP) ## synthesise grounded reasoning with a teacher (see README: data use!)
+coldstart-data: $(VENV_STAMP) ## synthesise grounded reasoning with a teacher (docs/coldstart.md: data use!)
 	$(PY) -m data_prep.synthesis.coldstart --data $(DATA) --out $(COLDSTART_OUT) --teacher $(TEACHER) \
-		$(if $(filter offline,$(TEACHER)),--offline-style $(OFFLINE_STYLE)) \
-		$(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(MODEL),--model $(MODEL)) $(ARGS)
+		$(if $(filter offline,$(TEACHER)),--offline_style $(OFFLINE_STYLE)) \
+		$(if $(BASE_URL),--base_url $(BASE_URL)) $(if $(MODEL),--model $(MODEL)) $(ARGS)
 
 coldstart: $(VENV_STAMP) ## stage 2: recipes/$(SCALE)/coldstart.yaml (SFT on the reasoning data)
 	$(call launch,recipes.sft,recipes/$(SCALE)/coldstart.yaml)
@@ -134,7 +134,7 @@ compare: $(VENV_STAMP) ## table, paired differences, plots: make compare RUNS="b
 	$(PY) -m evaluation.compare --out $(OUT)/eval/compare --cluster $(CLUSTER) \
 		$(if $(BASELINE),--baseline $(BASELINE)) --runs $(RUNS)
 
-# Blind pairwise review (README: "Blind pairwise review"): the study goes to REVIEW_OUT, by default
+# Blind pairwise review (docs/review.md): the study goes to REVIEW_OUT, by default
 # outputs/review/NAME1-vs-NAME2; a second `make review` with the same RUNS resumes it (and adds new REVIEWERS).
 REVIEWERS ?=
 REVIEW_OUT ?=
@@ -172,6 +172,6 @@ clean: ## remove run outputs (not .venv)
 # each of the NPROC processes would die with its own traceback. It exits 2 with one line saying what to run.
 define launch
 	if [ "$(SCALE)" = "demo" ]; then $(PY) -m $(1) --config $(2) $(ARGS); \
-	else $(PY) -m training.preflight --config $(2) --nproc $(NPROC) --accelerate-config $(ACCEL) $(ARGS) \
+	else $(PY) -m training.preflight --config $(2) --nproc $(NPROC) --accelerate_config $(ACCEL) $(ARGS) \
 		&& .venv/bin/accelerate launch --config_file $(ACCEL) --num_processes $(NPROC) -m $(1) --config $(2) $(ARGS); fi
 endef

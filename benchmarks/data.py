@@ -184,7 +184,7 @@ def make_mimic_tree(root: str | Path, studies: int, seed: int = 0, bad_every: in
 
 def run_converter(root: Path, out: Path, workers: int) -> tuple[dict, float]:
     cmd = [sys.executable, "-m", "data_prep.converters.mimic_cxr", "--root", str(root), "--out", str(out)]
-    cmd += ["--workers", str(workers), "--no-progress"]
+    cmd += ["--workers", str(workers), "--no_progress"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent)
     wall = time.perf_counter() - t0

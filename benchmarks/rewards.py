@@ -17,7 +17,7 @@ the reward(s) batch by batch (``--batch``, with the dataset columns as TRL passe
 reports completions per second of CPU time (``time.process_time``: the time this process
 actually ran, robust to other load on the machine) and of wall time; the best of
 ``--repeat`` runs is kept, and the targets are judged on CPU time. The process is pinned
-to one CPU core where the OS allows (``--no-pin`` to skip). Targets: paper set >= 5,000/s,
+to one CPU core where the OS allows (``--no_pin`` to skip). Targets: paper set >= 5,000/s,
 grounded set >= 2,000/s.
 """
 
@@ -339,7 +339,7 @@ def main(argv=None) -> int:
     ap.add_argument("--group", type=int, default=8, help="completions per prompt (default 8)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement, best kept (default 3)")
     ap.add_argument("--out", help="write the results as JSON here")
-    ap.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU core")
+    ap.add_argument("--no_pin", action="store_true", help="do not pin the process to one CPU core")
     args = ap.parse_args(argv)
     if not args.no_pin and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})

@@ -28,9 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from data_prep.errors import OpenMedixError, user_errors
 from data_prep.io import atomic_write_text
 
 PY = [sys.executable, "-m"]
+
+
+class BenchError(OpenMedixError, RuntimeError):
+    """A benchmark's child command failed or logged no figure."""
 
 
 def child(cmd: list[str]) -> dict:
@@ -39,7 +44,7 @@ def child(cmd: list[str]) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
     if proc.returncode:
-        raise SystemExit(
+        raise BenchError(
             f"benchmark command failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
     # getrusage(RUSAGE_CHILDREN) is the max over finished children; run one benchmark per process.
@@ -52,7 +57,7 @@ def train_runtime(log: str) -> tuple[float, int]:
     m = re.findall(r"'train_runtime': '?([\d.]+)'?", log)
     steps = re.findall(r"'train_steps_per_second': '?([\d.]+)'?", log)
     if not m:
-        raise SystemExit("no train_runtime in the training log")
+        raise BenchError("no train_runtime in the training log")
     runtime = float(m[-1])
     return runtime, round(runtime * float(steps[-1])) if steps else 0
 
@@ -70,17 +75,17 @@ def ensure_demo_inputs(outputs: Path, need_coldstart: bool) -> None:
         "demo/coldstart/model.safetensors" if need_coldstart else "tiny-qwen2.5-vl/tiny_model.json"
     )
     if not done.exists():
-        subprocess.run(PY + ["demo.pipeline", "--out", str(outputs), "--stop-after", stop], check=True)
+        subprocess.run(PY + ["demo.pipeline", "--out", str(outputs), "--stop_after", stop], check=True)
 
 
 def bench_sft(outputs: Path, steps: int) -> dict:
     ensure_demo_inputs(outputs, need_coldstart=False)
     if not (outputs / "phantom/records.jsonl").exists():
-        subprocess.run(PY + ["demo.pipeline", "--out", str(outputs), "--stop-after", "phantom"], check=True)
+        subprocess.run(PY + ["demo.pipeline", "--out", str(outputs), "--stop_after", "phantom"], check=True)
     with tempfile.TemporaryDirectory() as tmp:
         res = child(
             PY + ["recipes.sft", "--config", "recipes/demo/sft.yaml", "--model_name_or_path",
-                  str(outputs / "tiny-qwen2.5-vl"), "--dataset_path", str(outputs / "phantom"),
+                  str(outputs / "tiny-qwen2.5-vl"), "--dataset_name", str(outputs / "phantom"),
                   "--output_dir", tmp, "--max_steps", str(steps), "--save_strategy", "no", "--disable_tqdm", "true"]
         )  # fmt: skip
     runtime, n = train_runtime(res["out"])
@@ -100,7 +105,7 @@ def bench_grpo_one(outputs: Path, steps: int, bare: bool, vllm: bool = False) ->
                         "--max_steps", str(steps)]  # fmt: skip
         else:
             cmd = PY + ["recipes.grpo", "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", str(model),
-                        "--dataset_path", str(data), "--output_dir", tmp, "--max_steps", str(steps),
+                        "--dataset_name", str(data), "--output_dir", tmp, "--max_steps", str(steps),
                         "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1",
                         "--report_to", "none"]  # fmt: skip
             if vllm:
@@ -110,7 +115,7 @@ def bench_grpo_one(outputs: Path, steps: int, bare: bool, vllm: bool = False) ->
     # (first image decodes, allocator growth), which otherwise dominates a short run.
     step_times = [float(x) for x in re.findall(r"'step_time': '?([\d.]+)'?", res["out"])][2:]
     if not step_times:
-        raise SystemExit("no step_time in the GRPO log")
+        raise BenchError("no step_time in the GRPO log")
     return {
         "s_per_step": statistics.median(step_times),
         "steps": steps,
@@ -170,7 +175,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=["sft", "rewards", "grpo", "data", "vllm"])
     ap.add_argument("--outputs", default="outputs", help="where the demo's data and models live")
     ap.add_argument("--steps", type=int, default=20, help="training steps per training benchmark")
-    ap.add_argument("--data-studies", type=int, default=20000)
+    ap.add_argument("--data_studies", type=int, default=20000)
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     outputs = Path(args.outputs)
@@ -215,4 +220,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors("bench", BenchError):
+        main()

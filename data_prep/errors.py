@@ -24,10 +24,27 @@ class OpenMedixError(Exception):
     so callers that catch those keep working."""
 
 
+# The project's top-level packages (and ``__main__``, the module run with ``python -m``).
+PACKAGES = (
+    "rewards",
+    "data_prep",
+    "evaluation",
+    "training",
+    "recipes",
+    "demo",
+    "benchmarks",
+    "vllm_tools",
+    "__main__",
+)
+
+
 def setup_logging(main_process: bool = True, level: int = logging.INFO) -> None:
-    """Library messages to stderr: ``level`` on the main process, WARNING on the others (on 8 ranks
-    one copy of each message, as open-r1 does). Progress bars are not logging and are unaffected."""
-    logging.basicConfig(format="%(message)s", level=level if main_process else logging.WARNING, force=True)
+    """The project's messages to stderr: ``level`` on the main process, WARNING on the others (on 8
+    ranks one copy of each message, as open-r1 does). Other libraries stay at WARNING (an HTTP client
+    at INFO logs every request). Progress bars are not logging and are unaffected."""
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)  # no-op where handlers exist
+    for name in PACKAGES:
+        logging.getLogger(name).setLevel(level if main_process else logging.WARNING)
 
 
 def debug_enabled(flag: bool = False) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.errors import OpenMedixError
 from data_prep.frame import FACTOR, QWEN_MIN_PIXELS, read_frame
 
 RELATIVE_SCALE = 1000  # Qwen3-VL's relative coordinates: 0..1000 of the image's width and height
@@ -52,7 +53,11 @@ DEFAULT_FAMILY = "qwen2.5-vl"
 assert FAMILIES[DEFAULT_FAMILY].factor == FACTOR
 
 
-class FamilyMismatch(SystemExit):
+class FamilyError(OpenMedixError, ValueError):
+    """A family that is not known, or a model whose family cannot be told."""
+
+
+class FamilyMismatch(FamilyError):
     """A model, recipe or dataset of one family used with another: the message names both."""
 
 
@@ -60,7 +65,7 @@ def get_family(name: str | None) -> Family:
     if name is None:
         return FAMILIES[DEFAULT_FAMILY]
     if name not in FAMILIES:
-        raise SystemExit(f"unknown model family '{name}' (known: {', '.join(FAMILIES)})")
+        raise FamilyError(f"unknown model family '{name}' (known: {', '.join(FAMILIES)})")
     return FAMILIES[name]
 
 
@@ -75,13 +80,14 @@ def model_family(model_path: str | Path) -> Family:
     try:
         model_type = AutoConfig.from_pretrained(str(model_path)).model_type
     except OSError as e:  # a missing folder, or a hub id not in the offline cache
-        raise SystemExit(
-            f"cannot read the model config of {model_path}: {str(e).splitlines()[0]}\n"
+        why = next(iter(str(e).splitlines()), type(e).__name__).strip().rstrip(".")  # HF adds lines of advice
+        raise FamilyError(
+            f"cannot read the model config of {model_path}: {why}. "
             "Give a local model folder (the demo's: `make tiny-model`) or a hub id you have downloaded."
         ) from None
     family = family_of_model_type(model_type)
     if family is None:
-        raise SystemExit(
+        raise FamilyError(
             f"{model_path}: model_type '{model_type}' belongs to no known family "
             f"({', '.join(f'{f.name}: {f.model_types}' for f in FAMILIES.values())})"
         )
@@ -95,7 +101,7 @@ def dataset_family(dataset_dir: str | Path) -> Family | None:
         return None
     if frame.get("family"):
         return get_family(frame["family"])
-    # frames written before families existed name only the factor
+    # a frame.json without ``family`` names only the factor, which tells the family as well
     return next((f for f in FAMILIES.values() if f.factor == frame.get("factor", FACTOR)), None)
 
 
@@ -182,6 +188,7 @@ __all__ = [
     "FAMILIES",
     "DEFAULT_FAMILY",
     "Family",
+    "FamilyError",
     "FamilyMismatch",
     "check_family",
     "convert_box_text",

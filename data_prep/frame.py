@@ -9,8 +9,9 @@ its pixels. The frame depends on the processor's min/max pixels and the family's
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
+
+from data_prep.errors import OpenMedixError
 
 FACTOR = 28  # Qwen2.5-VL: patch 14 x spatial merge 2
 QWEN_MIN_PIXELS = 56 * 56
@@ -19,21 +20,18 @@ PAPER_MAX_PIXELS = 512 * 512  # the released model runs with max_pixels = 262144
 IMAGE_ROOTS = "image_roots"
 
 
+class FrameMismatch(OpenMedixError, ValueError):
+    """A processor that would resize a dataset's images again: the boxes would no longer match them."""
+
+
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = FACTOR):
-    """Qwen2.5-VL's resize rule (same as transformers' ``smart_resize``): returns (h, w)."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.0f} is over 200")
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
+    """(h, w) of an image after the Qwen-VL resize: transformers' rule itself, so the frame data prep
+    stores is the one the processor computes (Qwen3-VL's image processor applies the same rule with
+    factor 32). Imported on first use: it brings in torch, which data prep needs nowhere else.
+    ValueError for an aspect ratio over 200 (the processor refuses those too)."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as qwen_smart_resize
+
+    return qwen_smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
 def scale_box(box, src_wh, dst_wh, ndigits: int = 0):
@@ -70,8 +68,8 @@ def write_frame(
 
 
 def frame_rule(frame: dict) -> tuple[int, int, int]:
-    """(min_pixels, max_pixels, factor): what decides the resize (``family`` only names it; frames
-    written before families existed lack the factor, which was then always 28)."""
+    """(min_pixels, max_pixels, factor): what decides the resize (``family`` only names it; a frame
+    without ``factor`` is Qwen2.5-VL's, 28)."""
     return frame["min_pixels"], frame["max_pixels"], frame.get("factor", FACTOR)
 
 
@@ -100,13 +98,13 @@ def check_processor_frame(dataset_dir: str | Path, image_processor) -> None:
         return
     proc_min, proc_max, proc_factor = processor_rule(image_processor)
     if proc_factor != frame.get("factor", FACTOR):
-        raise SystemExit(
+        raise FrameMismatch(
             f"{dataset_dir}/frame.json was prepared for image sides in multiples of {frame.get('factor', FACTOR)} "
             f"({frame.get('family', 'qwen2.5-vl')}), but the processor resizes to multiples of {proc_factor}. "
             "Prepare the data for this model's family (`--family`), or use a model of the data's family."
         )
     if (proc_min, proc_max) != (frame["min_pixels"], frame["max_pixels"]):
-        raise SystemExit(
+        raise FrameMismatch(
             f"{dataset_dir}/frame.json was prepared for min_pixels={frame['min_pixels']}, "
             f"max_pixels={frame['max_pixels']}, but the processor uses min_pixels={proc_min}, "
             f"max_pixels={proc_max}. Boxes would no longer match the image the model sees. "

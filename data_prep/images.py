@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from data_prep.errors import OpenMedixError
 from data_prep.frame import FACTOR, smart_resize
 
 CACHE_KEY = "openmedix-frame"
@@ -39,7 +39,7 @@ class ImageInfo(NamedTuple):
     cached: bool = False
 
 
-class ImageError(Exception):
+class ImageError(OpenMedixError, ValueError):
     """A counted reject: ``reason`` is the ledger category, the message the detail."""
 
     def __init__(self, reason: str, detail: str):
@@ -54,22 +54,22 @@ class ImageError(Exception):
 
 
 def _window(arr: np.ndarray, ds) -> np.ndarray | None:
-    """VOI windowing to [0, 1] (DICOM PS3.3 C.11.2.1.2), or None when there is no window."""
-    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if center is None or width is None:
+    """The VOI window (WindowCenter / WindowWidth; LINEAR, LINEAR_EXACT or SIGMOID, DICOM PS3.3
+    C.11.2.1.2) mapped to [0, 1], or None when the file has no usable window."""
+    from pydicom.pixels import apply_windowing
+
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
         return None
-    c = float(center[0] if isinstance(center, Sequence) and not isinstance(center, str) else center)
-    w = float(width[0] if isinstance(width, Sequence) and not isinstance(width, str) else width)
-    func = str(ds.get("VOILUTFunction", "LINEAR")).upper()
-    if func == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (arr - c) / max(w, 1e-6)))
-    if func == "LINEAR_EXACT":
-        out = (arr - c) / max(w, 1e-6) + 0.5
-    else:
-        if w < 1:
-            return None
-        out = (arr - (c - 0.5)) / max(w - 1.0, 1e-6) + 0.5
-    return np.clip(out, 0.0, 1.0)
+    try:
+        out = apply_windowing(arr, ds)
+        # pydicom maps the window onto the output range of the stored values; windowing the two
+        # extremes asks it for that range, whose ends become 0 and 1
+        lo, hi = apply_windowing(np.array([-np.inf, np.inf]), ds)
+    except ValueError:  # a width the function forbids (LINEAR under 1, others 0 or less), an unknown function
+        return None
+    if hi == lo:
+        return None
+    return np.clip((out - lo) / (hi - lo), 0.0, 1.0)
 
 
 def _minmax(arr: np.ndarray) -> np.ndarray:
@@ -170,7 +170,8 @@ def convert_image(
     except Exception as e:
         raise ImageError("unreadable image", f"{src}: {type(e).__name__}: {e}") from None
     meta = {"src_w": src_w, "src_h": src_h, "min_pixels": min_pixels, "max_pixels": max_pixels}
-    if factor != FACTOR:  # Qwen2.5-VL's files keep their old cache key, byte for byte
+    # the default factor stays out of the key: files converted without one stay cache hits
+    if factor != FACTOR:
         meta["factor"] = factor
     png = PngImagePlugin.PngInfo()
     png.add_text(CACHE_KEY, json.dumps(meta))
@@ -215,6 +216,9 @@ class ImagePool:
     ):
         self.min_pixels, self.max_pixels, self.factor = min_pixels, max_pixels, factor
         self.workers, self.chunk = max(1, workers), max(1, chunk)
+        # the resize rule's import (transformers, torch) happens once here, before the fork, so
+        # the workers share it instead of each importing it again
+        smart_resize(factor, factor, min_pixels, max_pixels, factor)
         self._pool = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
         if self._pool is not None:
             self._pool.submit(int).result()  # start every worker now

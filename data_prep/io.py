@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from data_prep.errors import OpenMedixError
 from data_prep.frame import IMAGE_ROOTS
 from data_prep.schema import RecordError, record_images, validate_record
 
@@ -18,6 +19,10 @@ RECORDS = "records.jsonl"
 IMAGE_ROOTS_ENV = "OPENMEDIX_IMAGE_ROOTS"
 OUTSIDE = "image outside the dataset folder"
 log = logging.getLogger(__name__)
+
+
+class DatasetNotFoundError(OpenMedixError, FileNotFoundError):
+    """A dataset folder without its records file: the message says how to make one."""
 
 
 class ImagePathError(RecordError):
@@ -81,7 +86,7 @@ def read_records(path: str | Path, split: str | None = None, validate: bool = Tr
     path = Path(path)
     file = path / RECORDS if path.is_dir() else path
     if not file.exists():
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"{file} not found. Make a dataset first, e.g. `python -m data_prep.phantom --out {path}`."
         )
     out = []
@@ -151,8 +156,8 @@ def resolve_image(dataset_dir: str | Path, image: str, roots: list[Path] | None 
         raise ImagePathError(
             f"{OUTSIDE}: {image!r} resolves to {real}, which is not under {Path(dataset_dir).resolve()} "
             f"or an allowed image root. Move the image into the dataset folder, or, if you trust the "
-            f"data, add its folder to ${IMAGE_ROOTS_ENV} (a cold-start set or mixture made before "
-            f"frame.json recorded its image roots: run its command again)."
+            f"data, add its folder to ${IMAGE_ROOTS_ENV} (a cold-start set or mixture whose frame.json "
+            f"lists no image roots: run its command again)."
         )
     return real
 
@@ -210,6 +215,8 @@ class Ledger:
         for reason, n in self.rejected.most_common():
             lines.append(f"    rejected {n:>6}  {reason}")
         for k, v in self.extra.items():
+            if isinstance(v, Counter):  # printed as the plain dict it is in ledger.json
+                v = dict(v)
             if isinstance(v, list) and len(v) > 10:  # e.g. failed ids: the ledger file holds them all
                 v = f"{v[:10]} ... ({len(v)} in all)"
             lines.append(f"    {k}: {v}")

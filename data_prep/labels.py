@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 
 from data_prep.frame import scale_box
 from data_prep.images import ImageInfo
@@ -204,8 +205,7 @@ def grounding_record(
 
 def count(ledger: Ledger, key: str, reason: str, n: int = 1) -> None:
     """Count something skipped on purpose (not an error) under ledger.extra[key][reason]."""
-    ledger.extra.setdefault(key, {})
-    ledger.extra[key][reason] = ledger.extra[key].get(reason, 0) + n
+    ledger.extra.setdefault(key, Counter())[reason] += n
 
 
 LABEL_CODES = {"1.0": "1", "1": "1", "0.0": "0", "0": "0", "-1.0": "u", "-1": "u", "": "."}

@@ -2,7 +2,7 @@
 
 Usage:
     python -m data_prep.mixture --config recipes/mixtures/example.yaml --out data/mixtures/example \\
-        [--source mimic=/data/mimic-cxr ...] [--jsonl] [--dry-run]
+        [--source mimic=/data/mimic-cxr ...] [--jsonl] [--dry_run]
 
 The YAML (see recipes/mixtures/example.yaml):
 
@@ -52,19 +52,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import shutil
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import yaml
 
+from data_prep.errors import OpenMedixError, setup_logging, user_errors
 from data_prep.frame import IMAGE_ROOTS, read_frame, write_frame
-from data_prep.io import atomic_write_text, image_roots, map_images, read_records, resolve_image, write_jsonl
+from data_prep.io import (
+    DatasetNotFoundError,
+    atomic_write_text,
+    image_roots,
+    map_images,
+    read_records,
+    resolve_image,
+    write_jsonl,
+)
 from data_prep.labels import stable_hash
 from data_prep.schema import REQUIRED, TASKS, RecordError, image_key, validate_record
+
+log = logging.getLogger(__name__)
 
 STAGES = ("sft", "coldstart", "rl", "test")
 COLUMNS = (*REQUIRED, "reasoning", "meta")
@@ -91,7 +102,7 @@ SELECTION_KEYS = {
 }
 
 
-class MixtureError(ValueError):
+class MixtureError(OpenMedixError, ValueError):
     """A mixture that must not be written; the message says why and where."""
 
 
@@ -136,7 +147,7 @@ def check_frames(cfg: dict) -> dict:
     if len(distinct) > 1:
         listing = "; ".join(f"{n}: {f}" for n, f in frames.items())
         raise MixtureError(
-            f"the sources were prepared for different frames ({listing}); convert them again with one --min-pixels/--max-pixels"
+            f"the sources were prepared for different frames ({listing}); convert them again with one --min_pixels/--max_pixels"
         )
     frame = next(iter(frames.values())) if frames else None
     wanted = cfg.get("frame")
@@ -193,16 +204,15 @@ def check_leaks(stages: dict[str, list[dict]]) -> None:
             seen[patient_key(r)][r["split"]].add(f"{stage}/{r['source']}")
     leaks = {p: s for p, s in seen.items() if len(s) > 1}
     if leaks:
-        lines = [
-            f"  patient {p}: "
-            + "; ".join(f"{split} ({', '.join(sorted(w))})" for split, w in sorted(s.items()))
+        listing = [
+            f"patient {p}: "
+            + " and ".join(f"{split} ({', '.join(sorted(w))})" for split, w in sorted(s.items()))
             for p, s in sorted(leaks.items())[:10]
         ]
-        more = f"\n  ... and {len(leaks) - 10} more" if len(leaks) > 10 else ""
+        more = [f"... and {len(leaks) - 10} more"] if len(leaks) > 10 else []
         raise MixtureError(
-            f"{len(leaks)} patient(s) appear in two splits - the mixture would leak:\n"
-            + "\n".join(lines)
-            + more
+            f"{len(leaks)} patient(s) appear in two splits - the mixture would leak: "
+            + "; ".join(listing + more)
         )
 
 
@@ -232,8 +242,13 @@ def build(cfg: dict) -> tuple[dict[str, list[dict]], dict]:
             take, info = _select(cache[name], sel, stage, seed)
             picks.append({"source": name, "seed": seed, **info})
             if info["selected"] < info["requested"]:
-                print(
-                    f"warning: {stage}[{i}] {name}: asked for {info['requested']}, only {info['available']} available"
+                log.warning(
+                    "%s[%d] %s: asked for %d, only %d available",
+                    stage,
+                    i,
+                    name,
+                    info["requested"],
+                    info["available"],
                 )
             for rec in take:
                 try:
@@ -362,14 +377,15 @@ def write(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def print_summary(summary: dict) -> None:
-    print(f"[mixture {summary.get('name')}] frame {summary['frame']}")
+def summary_text(summary: dict) -> str:
+    """The mixture's records per stage and per source | task | split, as the command prints them."""
+    lines = [f"[mixture {summary.get('name')}] frame {summary['frame']}"]
     for stage, s in summary["stages"].items():
-        print(f"  {stage}: {s['records']} records ({s['duplicates_removed']} duplicates removed)")
-        for key, n in s["by_source_task_split"].items():
-            print(f"      {n:>8}  {key}")
+        lines.append(f"  {stage}: {s['records']} records ({s['duplicates_removed']} duplicates removed)")
+        lines += [f"      {n:>8}  {key}" for key, n in s["by_source_task_split"].items()]
         if stage == "coldstart" and s["without_reasoning"]:
-            print(f"      warning: {s['without_reasoning']} cold-start records have no reasoning")
+            lines.append(f"      warning: {s['without_reasoning']} cold-start records have no reasoning")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -382,7 +398,9 @@ def load_mixture(path: str | Path, stage: str, split: str | None = None, validat
     path = Path(path)
     files = sorted((path / "data").glob(f"{stage}-*.parquet"))
     if not files:
-        raise FileNotFoundError(f"no stage '{stage}' in {path} (files data/{stage}-*.parquet)")
+        raise DatasetNotFoundError(
+            f"no stage '{stage}' in {path} (files data/{stage}-*.parquet): build the mixture with that stage"
+        )
     out = []
     for f in files:
         for row in pq.read_table(f).to_pylist():
@@ -392,40 +410,30 @@ def load_mixture(path: str | Path, stage: str, split: str | None = None, validat
     return out
 
 
-def load_mixture_dataset(path: str | Path):
-    """The mixture as a ``datasets.DatasetDict`` (one split per stage; raw columns)."""
-    from datasets import load_dataset
-
-    return load_dataset(str(path))
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
     p = argparse.ArgumentParser(prog="python -m data_prep.mixture", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="mixture YAML (recipes/mixtures/*.yaml)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--source", action="append", default=[], metavar="NAME=PATH", help="override a source folder"
     )
-    p.add_argument("--shard-rows", type=int, default=50_000)
+    p.add_argument("--shard_rows", type=int, default=50_000)
     p.add_argument(
         "--jsonl", action="store_true", help="also write OUT/<stage>/records.jsonl dataset folders"
     )
-    p.add_argument("--dry-run", action="store_true", help="check and count, write nothing")
+    p.add_argument("--dry_run", action="store_true", help="check and count, write nothing")
     args = p.parse_args(argv)
     overrides = dict(s.split("=", 1) for s in args.source)
-    try:
+    with user_errors("data_prep.mixture", OpenMedixError, FileNotFoundError):
         cfg = load_config(args.config, overrides)
         stages, summary = build(cfg)
         summary["config"] = str(args.config)
-        print_summary(summary)
+        print(summary_text(summary))
         if not args.dry_run:
             write(stages, summary, args.out, args.shard_rows, args.jsonl)
             print(f"wrote {args.out}")
-    except (MixtureError, RecordError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -37,9 +37,9 @@ QUESTION_TYPES), ``target`` (the finding a presence / location / grounding quest
 from __future__ import annotations
 
 import argparse
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +47,14 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
+from data_prep.errors import setup_logging
 from data_prep.families import DEFAULT_FAMILY, FAMILIES, get_family
 from data_prep.frame import FACTOR, QWEN_MIN_PIXELS, write_frame
 from data_prep.io import RECORDS, Ledger, write_jsonl
 from data_prep.schema import LIST_SEP, RecordError, make_record
 from rewards.parsing import format_box
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------
 # Vocabulary (evaluation and rewards import these)
@@ -479,18 +482,6 @@ def render(
     return np.round(img).astype(np.uint8), boxes, anatomy
 
 
-@cache
-def canonical_box(name: str, side: str | None = None, zone: str | None = None, size: int = 224) -> tuple:
-    """The box of a finding drawn with no patient or finding variation: the 'where it usually is'.
-
-    A predictor that always answers this box reaches IoU > 0.5 on phantom data (tested).
-    """
-    if zone is None and name in ("pleural effusion", "pneumothorax"):
-        zone = "lower" if name == "pleural effusion" else "upper"
-    _, boxes, _ = render(Patient(), [Finding(name, side, zone)], size, noise_seed=0)
-    return tuple(boxes[0])
-
-
 # --------------------------------------------------------------------------------------
 # Text: reports, questions, answers
 # --------------------------------------------------------------------------------------
@@ -726,9 +717,14 @@ def study_records(study: Study, size: int, seed: int) -> list[dict]:
 # --------------------------------------------------------------------------------------
 
 
-def check_size(size: int, factor: int = FACTOR) -> None:
+def check_args(n: int, size: int, views: int, factor: int = FACTOR) -> None:
+    """ValueError naming the flag when an argument of ``generate`` is out of range."""
     if size % factor or size < 112:
         raise ValueError(f"--size must be a multiple of {factor} and at least 112, got {size}")
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
+    if views not in (1, 2):
+        raise ValueError(f"--views must be 1 or 2, got {views}")
 
 
 def generate(
@@ -748,11 +744,7 @@ def generate(
     frame.json; boxes are stored in absolute pixels whatever the family.
     """
     fam = get_family(family)
-    check_size(size, fam.factor)
-    if n < 1:
-        raise ValueError(f"--n must be at least 1, got {n}")
-    if views not in (1, 2):
-        raise ValueError(f"--views must be 1 or 2, got {views}")
+    check_args(n, size, views, fam.factor)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     ledger = Ledger("phantom")
@@ -776,8 +768,7 @@ def generate(
     write_frame(out, min_pixels=QWEN_MIN_PIXELS, max_pixels=size * size, factor=fam.factor, family=fam.name)
     ledger.extra = ledger_counts(records, seed, size)
     ledger.save(out)
-    if progress:
-        print(ledger.summary())
+    log.info("%s", ledger.summary())
     return ledger.as_dict()
 
 
@@ -815,8 +806,9 @@ def main(argv: list[str] | None = None) -> None:
         "--views", type=int, default=1, choices=(1, 2), help="images per study (2: a repeat PA)"
     )
     args = parser.parse_args(argv)
+    setup_logging()
     try:
-        check_size(args.size, get_family(args.family).factor)
+        check_args(args.n, args.size, args.views, get_family(args.family).factor)
     except ValueError as e:
         parser.error(str(e))
     generate(args.n, args.out, seed=args.seed, size=args.size, views=args.views, family=args.family)

@@ -63,14 +63,3 @@ def answer_text(answer: str) -> str:
 
 def reasoning_text(reasoning: str, answer: str) -> str:
     return f"<think> {reasoning.strip()} </think>. {ANSWER_LEAD}{answer_text(answer)}"
-
-
-def build_completion(record: dict, reasoning: bool) -> list[dict]:
-    """The assistant turn the model is trained to produce."""
-    if reasoning:
-        if not record.get("reasoning"):
-            raise ValueError(f"record {record['id']} has no reasoning for a reasoning completion")
-        text = reasoning_text(record["reasoning"], record["answer"])
-    else:
-        text = answer_text(record["answer"])
-    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]

@@ -32,6 +32,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from data_prep.errors import OpenMedixError
+
 TASKS = ("report_findings", "report_impression", "vqa", "classification", "grounding")
 SPLITS = ("train", "validation", "test")
 LIST_SEP = " | "
@@ -63,7 +65,7 @@ CREDENTIALED_SOURCES = (
 )
 
 
-class RecordError(ValueError):
+class RecordError(OpenMedixError, ValueError):
     """A record that breaks the schema; the message says which field and why."""
 
 
@@ -158,8 +160,3 @@ def make_record(**fields: Any) -> dict:
     """Build a record with optional fields defaulted, validated."""
     rec = {"reasoning": None, "meta": None, **fields}
     return validate_record(rec)
-
-
-def split_list(answer: str) -> list[str]:
-    """The items of a list answer ("a | b | c")."""
-    return [a.strip() for a in answer.split("|") if a.strip()]

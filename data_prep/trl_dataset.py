@@ -17,10 +17,10 @@ from pathlib import Path
 from datasets import Dataset, Image, Sequence
 from tqdm import tqdm
 
-from data_prep.errors import one_line
+from data_prep.errors import OpenMedixError, one_line
 from data_prep.families import in_convention, scale_box_list
 from data_prep.image_check import ImageChecker
-from data_prep.io import RECORDS, image_paths, image_roots, iter_jsonl, resolve_image
+from data_prep.io import RECORDS, DatasetNotFoundError, image_paths, image_roots, iter_jsonl, resolve_image
 from data_prep.prompts import answer_text, question_text, reasoning_text, user_content
 from data_prep.schema import (
     IMAGE_TOKEN,
@@ -34,7 +34,7 @@ from data_prep.schema import (
 log = logging.getLogger(__name__)
 
 
-class BadRowsError(SystemExit):
+class BadRowsError(OpenMedixError, ValueError):
     """Rows a recipe cannot train on: the message names file:line, the id, the reason and the fix."""
 
 
@@ -70,15 +70,43 @@ def load_checked_records(
     dataset_dir = Path(dataset_dir)
     file = dataset_dir / RECORDS
     if not file.exists():
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"{file} not found: `dataset_path` must be a dataset folder holding {RECORDS} "
             "(make one with `python -m data_prep.phantom --out DIR` or a data_prep converter)."
         )
-    roots = image_roots(dataset_dir)
     checker = ImageChecker(dataset_dir, frame) if frame else None
     bar = tqdm(desc=f"checking images ({split})", unit="row", disable=not progress or checker is None)
-    good, bad, broken, first_line = [], [], [], {}
     try:
+        rows = _RowCheck(dataset_dir, need_reasoning, checker, bar)
+        good, bad = rows.read(file, split, tasks, max_samples)
+    finally:
+        bar.close()
+        if checker is not None:
+            checker.save()
+    if bad_rows is not None:
+        bad_rows.extend(bad)
+    reasons = dict(Counter(reason_kind(reason) for _, reason in bad))
+    if bad and not skip_bad_rows:
+        raise BadRowsError(_bad_rows_message(bad, file, split))
+    if bad and not quiet:
+        _log_skipped(bad, file, reasons)
+    if not good:
+        skipped = f"; {len(bad)} bad row(s) skipped: {reasons}" if bad else ""
+        raise BadRowsError(f"no usable records in split '{split}' of {file} (tasks={tasks}){skipped}")
+    return good
+
+
+class _RowCheck:
+    """The checks of one dataset folder's rows, cheapest first; the image content (``checker``) last."""
+
+    def __init__(self, dataset_dir: Path, need_reasoning: bool, checker: ImageChecker | None, bar):
+        self.dataset_dir, self.roots = dataset_dir, image_roots(dataset_dir)
+        self.need_reasoning = need_reasoning
+        self.checker, self.bar = checker, bar
+
+    def read(self, file: Path, split: str, tasks, max_samples) -> tuple[list[dict], list[tuple[str, str]]]:
+        """(good records of the split, bad rows as (where, reason)); lines that do not parse come first."""
+        good, bad, broken, first_line = [], [], [], {}
         for lineno, rec in iter_jsonl(file, broken=broken):
             if not isinstance(rec, dict):
                 bad.append((f"{file}:{lineno}", f"not a JSON object: got {type(rec).__name__}"))
@@ -88,63 +116,58 @@ def load_checked_records(
             if rec.get("split") != split or (tasks and rec.get("task") not in tasks):
                 continue
             where = f"{file}:{lineno} (id={rid!r})"
-            if first != lineno:
-                bad.append((where, f"duplicate id, first at line {first}"))
+            problem = f"duplicate id, first at line {first}" if first != lineno else self.problem(rec)
+            if problem:
+                bad.append((where, problem))
                 continue
-            try:
-                validate_record(rec)
-                paths = [resolve_image(dataset_dir, i, roots) for i in record_images(rec)]
-                missing = [p for p in paths if not p.exists()]
-            except RecordError as e:  # ImagePathError too: never open what the record merely names
-                bad.append((where, str(e)))
-                continue
-            except (ValueError, OSError) as e:  # a path the OS refuses: a NUL byte, a name too long
-                bad.append((where, f"unusable image path: {one_line(e)}"))
-                continue
-            if missing:
-                bad.append((where, f"image file not found: {missing[0]}"))
-                continue
-            if need_reasoning and not (rec.get("reasoning") or "").strip():
-                bad.append((where, "no reasoning (the cold-start stage needs the `reasoning` field)"))
-                continue
-            if checker is not None:  # last: the one check that reads the files
-                bar.update()
-                problem = checker.problem(rec, paths)
-                if problem:
-                    bad.append((where, problem))
-                    continue
             good.append(rec)
             if max_samples and len(good) >= max_samples:
                 break
-    finally:
-        bar.close()
-        if checker is not None:
-            checker.save()
-    bad = [(f"{file}:{lineno}", reason) for lineno, reason in broken] + bad
-    if bad_rows is not None:
-        bad_rows.extend(bad)
-    reasons = dict(Counter(reason_kind(reason) for _, reason in bad))
-    if bad:
-        listing = "\n".join(f"  {w}: {r}" for w, r in bad[:10])
-        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-        if not skip_bad_rows and len(bad) == 1:  # one line: where, why, and the fix
-            raise BadRowsError(
-                f"bad row in split '{split}': {bad[0][0]}: {bad[0][1]}. "
-                "Fix the data, or set `skip_bad_rows: true` in the recipe to train without it."
-            )
-        if not skip_bad_rows:
-            raise BadRowsError(
-                f"{len(bad)} bad row(s) in split '{split}' of {file}:\n{listing}{more}\n"
-                "Fix the data, or set `skip_bad_rows: true` in the recipe to train without them."
-            )
-        if not quiet:
-            print(f"skipped {len(bad)} bad row(s) of {file}: {reasons}\n{listing}{more}")
-            for where, reason in bad:  # the whole list, for a log file; the console got the first 10
-                log.info("skipped bad row %s: %s", where, reason)
-    if not good:
-        skipped = f"; {len(bad)} bad row(s) skipped: {reasons}" if bad else ""
-        raise BadRowsError(f"no usable records in split '{split}' of {file} (tasks={tasks}){skipped}")
-    return good
+        return good, [(f"{file}:{lineno}", reason) for lineno, reason in broken] + bad
+
+    def problem(self, rec: dict) -> str | None:
+        """Why a record of the split cannot be trained on, or None."""
+        try:
+            validate_record(rec)
+            paths = [resolve_image(self.dataset_dir, i, self.roots) for i in record_images(rec)]
+            missing = [p for p in paths if not p.exists()]
+        except RecordError as e:  # ImagePathError too: never open what the record merely names
+            return str(e)
+        except (ValueError, OSError) as e:  # a path the OS refuses: a NUL byte, a name too long
+            return f"unusable image path: {one_line(e)}"
+        if missing:
+            return f"image file not found: {missing[0]}"
+        if self.need_reasoning and not (rec.get("reasoning") or "").strip():
+            return "no reasoning (the cold-start stage needs the `reasoning` field)"
+        if self.checker is not None:  # last: the one check that reads the files
+            self.bar.update()
+            return self.checker.problem(rec, paths)
+        return None
+
+
+BAD_ROWS_FIX = "Fix the data, or set `skip_bad_rows: true` in the recipe to train without {}."
+
+
+def _listing(bad: list[tuple[str, str]], sep: str) -> str:
+    """The first 10 bad rows as ``where: reason``, then how many more."""
+    more = [f"... and {len(bad) - 10} more"] if len(bad) > 10 else []
+    return sep.join([f"{w}: {r.rstrip('.')}" for w, r in bad[:10]] + more)
+
+
+def _bad_rows_message(bad: list[tuple[str, str]], file: Path, split: str) -> str:
+    """One line: where, why, and the fix."""
+    if len(bad) == 1:
+        where, reason = bad[0]
+        return f"bad row in split '{split}': {where}: {reason.rstrip('.')}. {BAD_ROWS_FIX.format('it')}"
+    listing = _listing(bad, "; ")
+    return f"{len(bad)} bad row(s) in split '{split}' of {file}: {listing}. {BAD_ROWS_FIX.format('them')}"
+
+
+def _log_skipped(bad: list[tuple[str, str]], file: Path, reasons: dict) -> None:
+    """The count by reason and the first 10 rows as a warning; the rest for a log file."""
+    log.warning("skipped %d bad row(s) of %s: %s\n  %s", len(bad), file, reasons, _listing(bad, "\n  "))
+    for where, reason in bad[10:]:
+        log.info("skipped bad row %s: %s", where, reason)
 
 
 def _image_column(dataset: Dataset) -> Dataset:

@@ -21,8 +21,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.errors import OpenMedixError, setup_logging
 from data_prep.synthesis.offline_teacher import parse_unboxed
 from evaluation.curves import smooth, terms
+
+
+class DemoError(OpenMedixError, RuntimeError):
+    """A stage failed (the message names its command and log), or old outputs do not fit the settings."""
+
 
 STAGES = ("phantom", "tiny-model", "sft", "coldstart-data", "coldstart", "grpo", "eval")
 # The offline teacher names these findings without their box in 2 of 3 studies unless asked about
@@ -122,7 +128,7 @@ def execute(job: Job, logs: Path, stream: bool) -> float | None:
         code = proc.wait()
         LIVE.remove(proc)
     if code:
-        raise SystemExit(f"stage failed (exit {code}): {' '.join(job.cmd)}\nfull log: {log}")
+        raise DemoError(f"stage failed (exit {code}): {' '.join(job.cmd)}\nfull log: {log}")
     seconds = time.time() - t0
     # a side job's line may land after the shown job's progress bar: start it on a line of its own
     print(f"{'' if stream else chr(10)}[{job.name}] {seconds:.0f} s", flush=True)
@@ -163,7 +169,7 @@ def check_teacher(coldstart_data: Path, spec: str) -> None:
     """Stop when existing cold-start data was written with another teacher setting (it would be reused)."""
     ledger = coldstart_data / "ledger.json"
     if ledger.exists() and json.loads(ledger.read_text()).get("offline_unboxed", {}) != parse_unboxed(spec):
-        raise SystemExit(
+        raise DemoError(
             f"{coldstart_data} was written with another offline-teacher setting than --unboxed '{spec}'; "
             "start over with `make demo ARGS=--fresh` (or pass --out elsewhere)"
         )
@@ -229,13 +235,13 @@ def demo_dir(out: Path, seed: int) -> Path:
     return out / ("demo" if seed == 0 else f"demo-seed{seed}")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="outputs")
     ap.add_argument("--studies", type=int, default=2400, help="phantom studies to generate")
     ap.add_argument("--size", type=int, default=112, help="phantom image side (multiple of 28)")
     ap.add_argument(
-        "--eval-sample",
+        "--eval_sample",
         type=int,
         default=EVAL_SAMPLE,
         help="test records evaluated per stage, drawn to span every test study (evaluation.stats.study_sample; "
@@ -258,135 +264,215 @@ def main() -> None:
         "--threads",
         type=int,
         default=min(2, os.cpu_count() or 1),
-        help="OpenMP threads of the cold start and GRPO, which run alone (default: %(default)s; the README's "
-        "figures used 2; on its machine 1 thread gave the same comparison, number for number)",
+        help="OpenMP threads of the cold start and GRPO, which run alone (default: %(default)s; one thread "
+        "gives the same comparison, number for number, only slower)",
     )
-    ap.add_argument("--stop-after", choices=STAGES, default="eval")
+    ap.add_argument("--stop_after", choices=STAGES, default="eval")
     ap.add_argument("--fresh", action="store_true", help="delete previous demo outputs first")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
 
-    out = Path(args.out)
-    demo = demo_dir(out, args.seed)
+
+PY = [sys.executable, "-m"]
+# evaluation name -> (stage whose model it evaluates, with reasoning); "base" is the tiny model itself
+RUNS = {
+    "base": ("tiny-model", True),
+    "sft": ("sft", False),
+    "coldstart": ("coldstart", True),
+    "grpo": ("grpo", True),
+}
+
+
+@dataclass
+class Plan:
+    """Where the demo's inputs and outputs go, and the settings every job shares."""
+
+    args: argparse.Namespace
+
+    def __post_init__(self):
+        out = Path(self.args.out)
+        self.demo = demo_dir(out, self.args.seed)
+        self.phantom, self.tiny, self.coldstart_data = (
+            out / "phantom",
+            out / "tiny-qwen2.5-vl",
+            out / "coldstart",
+        )
+        self.stage_dirs = {s: self.demo / s for s in ("sft", "coldstart", "grpo")}
+        self.evals = self.demo / "eval"
+
+    def model(self, stage: str) -> Path:
+        return self.tiny if stage == "tiny-model" else self.stage_dirs[stage]
+
+
+def train_job(plan: Plan, stage: str, config: str, model: Path, data: Path, threads: int = 1) -> Job:
+    script = "recipes.grpo" if stage == "grpo" else "recipes.sft"
+    cmd = PY + [script, "--config", f"recipes/demo/{config}.yaml", "--model_name_or_path", str(model)]
+    cmd += [
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(plan.stage_dirs[stage]),
+        "--seed",
+        str(plan.args.seed),
+    ]
+    return Job(stage, plan.stage_dirs[stage] / "model.safetensors", cmd, threads)
+
+
+def stage_jobs(plan: Plan) -> dict[str, Job]:
+    """The pipeline's stages, each the command a user would type."""
+    args, size = plan.args, str(plan.args.size)
+    teacher = ["data_prep.synthesis.coldstart", "--teacher", "offline", "--offline_style", "survey"]
+    teacher += [
+        "--offline_unboxed",
+        args.unboxed,
+        "--data",
+        str(plan.phantom),
+        "--out",
+        str(plan.coldstart_data),
+    ]
+    return {
+        "phantom": Job(
+            "phantom",
+            plan.phantom / "records.jsonl",
+            PY + ["data_prep.phantom", "--n", str(args.studies), "--size", size, "--out", str(plan.phantom)],
+        ),
+        "tiny-model": Job(
+            "tiny-model",
+            plan.tiny / "tiny_model.json",
+            PY + ["demo.tiny_model", "--size", size, "--out", str(plan.tiny)],
+        ),
+        "sft": train_job(plan, "sft", "sft", plan.tiny, plan.phantom),
+        "coldstart-data": Job("coldstart-data", plan.coldstart_data / "records.jsonl", PY + teacher),
+        "coldstart": train_job(
+            plan, "coldstart", "coldstart", plan.stage_dirs["sft"], plan.coldstart_data, args.threads
+        ),
+        "grpo": train_job(plan, "grpo", "grpo", plan.stage_dirs["coldstart"], plan.phantom, args.threads),
+    }
+
+
+def eval_job(plan: Plan, name: str) -> Job:
+    stage, reasoning = RUNS[name]
+    tokens = "32" if name == "base" else "160"  # the untrained model writes noise: 32 tokens show it
+    cmd = PY + [
+        "evaluation.run",
+        "--model",
+        str(plan.model(stage)),
+        "--data",
+        str(plan.phantom),
+        "--split",
+        "test",
+    ]
+    cmd += ["--sample", str(plan.args.eval_sample), "--out", str(plan.evals / name), "--name", name]
+    cmd += ["--batch_size", "16", "--max_new_tokens", tokens, "--bootstrap", "1000", "--gallery", "24"]
+    cmd += ["--reasoning" if reasoning else "--no_reasoning"]
+    return Job(f"eval-{name}", plan.evals / name / "results.json", cmd)
+
+
+def forget_other_samples(plan: Plan) -> None:
+    """An evaluation made on another sample is scored again (its predictions are kept by id)."""
+    for name in RUNS:
+        config = plan.evals / name / "run_config.json"
+        if config.exists() and json.loads(config.read_text()).get("sample") != plan.args.eval_sample:
+            (plan.evals / name / "results.json").unlink(missing_ok=True)
+
+
+def schedule(plan: Plan) -> list[list[list[Job]]]:
+    """Steps of chains run side by side. Two cores: one-thread jobs run two at a time; the cold start and
+    GRPO run alone on every core (--threads). Evaluations of the small stages fill the gaps beside the
+    other preparation job. Only the jobs up to --stop_after (evaluations only when the demo runs to the end)."""
+    jobs, ev = stage_jobs(plan), (lambda name: eval_job(plan, name))
+    steps = [
+        [[jobs["phantom"]], [jobs["tiny-model"]]],
+        [[jobs["sft"], ev("sft")], [jobs["coldstart-data"], ev("base")]],
+        [[jobs["coldstart"]]],
+        [[jobs["grpo"]]],
+        [[ev("grpo")], [ev("coldstart")]],
+    ]
+    stop = plan.args.stop_after
+    if stop == "eval":
+        return steps
+    keep = lambda j: j.name in STAGES and STAGES.index(j.name) <= STAGES.index(stop)  # noqa: E731
+    return [[[j for j in chain if keep(j)] for chain in chains] for chains in steps]
+
+
+def compare_stages(plan: Plan) -> dict[str, tuple[bool, str]]:
+    """Each stage against the one before it (SFT vs base, cold start vs SFT, GRPO vs cold start), then
+    the checks of what RL did."""
+    cmd = PY + [
+        "evaluation.compare",
+        "--out",
+        str(plan.evals / "compare"),
+        "--baseline",
+        "previous",
+        "--runs",
+    ]
+    cmd += [f"{name}={plan.evals / name}" for name in RUNS]
+    execute(Job("compare", None, cmd), plan.demo / "logs", stream=True)
+    print(
+        f"\ncomparison table: {plan.evals / 'compare'}; gallery of the final model: {plan.evals / 'grpo' / 'gallery.html'}"
+    )
+    checks = rl_checks(json.loads((plan.evals / "compare" / "comparison.json").read_text()))
+    print("\n" + "\n".join(check_lines(checks)))
+    return checks
+
+
+def print_outputs(plan: Plan, total: float) -> None:
+    print(f"\ndemo finished in {total / 60:.1f} min. Outputs:")
+    for label, path in [
+        ("phantom data", plan.phantom),
+        ("tiny model", plan.tiny),
+        ("stage 1 (SFT)", plan.stage_dirs["sft"]),
+        ("cold-start data", plan.coldstart_data),
+        ("stage 2 (cold start)", plan.stage_dirs["coldstart"]),
+        ("stage 3 (GRPO)", plan.stage_dirs["grpo"]),
+        ("logs", plan.demo / "logs"),
+    ]:
+        print(f"  {label:<22} {path}")
+
+
+def prepare(plan: Plan) -> None:
     # The GRPO stage logs reward curves and completion tables to wandb, offline: files under
     # outputs/demo/wandb, viewable with `wandb sync` / `wandb leet`; nothing leaves the machine.
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_PROJECT", "openmedix-demo")
-    os.environ.setdefault("WANDB_DIR", str(demo))
-    demo.mkdir(parents=True, exist_ok=True)
-    if args.fresh:
-        for p in (demo, out / "phantom", out / "coldstart", out / "tiny-qwen2.5-vl"):
+    os.environ.setdefault("WANDB_DIR", str(plan.demo))
+    plan.demo.mkdir(parents=True, exist_ok=True)
+    if plan.args.fresh:
+        for p in (plan.demo, plan.phantom, plan.coldstart_data, plan.tiny):
             shutil.rmtree(p, ignore_errors=True)
-    py = [sys.executable, "-m"]
-    phantom, tiny, coldstart_data = out / "phantom", out / "tiny-qwen2.5-vl", out / "coldstart"
-    check_teacher(coldstart_data, args.unboxed)
-    stage_dirs = {"sft": demo / "sft", "coldstart": demo / "coldstart", "grpo": demo / "grpo"}
+        plan.demo.mkdir(parents=True, exist_ok=True)
+    check_teacher(plan.coldstart_data, plan.args.unboxed)
+    forget_other_samples(plan)
 
-    def train(stage: str, config: str, model: Path, data: Path, threads: int = 1) -> Job:
-        script = "recipes.grpo" if stage == "grpo" else "recipes.sft"
-        cmd = py + [script, "--config", f"recipes/demo/{config}.yaml", "--model_name_or_path", str(model)]
-        cmd += ["--dataset_path", str(data), "--output_dir", str(stage_dirs[stage]), "--seed", str(args.seed)]
-        return Job(stage, stage_dirs[stage] / "model.safetensors", cmd, threads)
 
-    size = str(args.size)
-    jobs = {
-        "phantom": Job(
-            "phantom",
-            phantom / "records.jsonl",
-            py + ["data_prep.phantom", "--n", str(args.studies), "--size", size, "--out", str(phantom)],
-        ),
-        "tiny-model": Job(
-            "tiny-model",
-            tiny / "tiny_model.json",
-            py + ["demo.tiny_model", "--size", size, "--out", str(tiny)],
-        ),
-        "sft": train("sft", "sft", tiny, phantom),
-        "coldstart-data": Job(
-            "coldstart-data",
-            coldstart_data / "records.jsonl",
-            py
-            + ["data_prep.synthesis.coldstart", "--teacher", "offline", "--offline-style", "survey"]
-            + ["--offline-unboxed", args.unboxed, "--data", str(phantom), "--out", str(coldstart_data)],
-        ),
-        "coldstart": train("coldstart", "coldstart", stage_dirs["sft"], coldstart_data, args.threads),
-        "grpo": train("grpo", "grpo", stage_dirs["coldstart"], phantom, args.threads),
-    }
-    evals = demo / "eval"
-    runs = {  # evaluation name -> (model, with reasoning)
-        "base": (tiny, True),
-        "sft": (stage_dirs["sft"], False),
-        "coldstart": (stage_dirs["coldstart"], True),
-        "grpo": (stage_dirs["grpo"], True),
-    }
-
-    def evaluate(name: str) -> Job:
-        model, reasoning = runs[name]
-        tokens = "32" if name == "base" else "160"  # the untrained model writes noise: 32 tokens show it
-        cmd = py + ["evaluation.run", "--model", str(model), "--data", str(phantom), "--split", "test"]
-        cmd += ["--sample", str(args.eval_sample), "--out", str(evals / name), "--name", name]
-        cmd += ["--batch-size", "16", "--max-new-tokens", tokens, "--bootstrap", "1000", "--gallery", "24"]
-        cmd += ["--reasoning" if reasoning else "--no-reasoning"]
-        return Job(f"eval-{name}", evals / name / "results.json", cmd)
-
-    for name in runs:  # evaluated on another sample before: score again (predictions are kept by id)
-        config = evals / name / "run_config.json"
-        if config.exists() and json.loads(config.read_text()).get("sample") != args.eval_sample:
-            (evals / name / "results.json").unlink(missing_ok=True)
-
-    # Two cores: one-thread jobs run two at a time; the cold start and GRPO run alone on every core
-    # (--threads). Evaluations of the small stages fill the gaps beside the other preparation job.
-    def wanted(chain: list[Job]) -> list[Job]:
-        """The chain's jobs up to --stop-after (evaluations only when the demo runs to the end)."""
-        if args.stop_after == "eval":
-            return chain
-        return [
-            j for j in chain if j.name in STAGES and STAGES.index(j.name) <= STAGES.index(args.stop_after)
-        ]
-
-    schedule = [
-        [[jobs["phantom"]], [jobs["tiny-model"]]],
-        [[jobs["sft"], evaluate("sft")], [jobs["coldstart-data"], evaluate("base")]],
-        [[jobs["coldstart"]]],
-        [[jobs["grpo"]]],
-        [[evaluate("grpo")], [evaluate("coldstart")]],
-    ]
+def run(plan: Plan) -> None:
+    prepare(plan)
     timings: dict[str, float] = {}
     t_start = time.time()
     try:
-        for chains in schedule:
-            together([wanted(c) for c in chains], demo / "logs", timings)
+        for chains in schedule(plan):
+            together(chains, plan.demo / "logs", timings)
     except BaseException:
         for proc in LIVE:
             proc.kill()
         raise
-    if "grpo" in timings or (stage_dirs["grpo"] / "model.safetensors").exists():
-        png = plot_rewards(stage_dirs["grpo"], demo / "grpo_rewards.png")
-        if png:
+    grpo = plan.stage_dirs["grpo"]
+    if "grpo" in timings or (grpo / "model.safetensors").exists():
+        if png := plot_rewards(grpo, plan.demo / "grpo_rewards.png"):
             print(f"reward curves: {png}")
-    if args.stop_after == "eval":
-        # each stage against the one before it: SFT vs base, cold start vs SFT, GRPO vs cold start
-        cmd = py + ["evaluation.compare", "--out", str(evals / "compare"), "--baseline", "previous", "--runs"]
-        cmd += [f"{name}={evals / name}" for name in runs]
-        execute(Job("compare", None, cmd), demo / "logs", stream=True)
-        print(
-            f"\ncomparison table: {evals / 'compare'}; gallery of the final model: {evals / 'grpo' / 'gallery.html'}"
-        )
-        checks = rl_checks(json.loads((evals / "compare" / "comparison.json").read_text()))
-        print("\n" + "\n".join(check_lines(checks)))
-
+    if plan.args.stop_after == "eval":
+        compare_stages(plan)
     total = time.time() - t_start
     if timings:  # a rerun that skipped everything keeps the timings of the run that did the work
-        (demo / "timings.json").write_text(json.dumps({**timings, "total": total}, indent=2) + "\n")
-    print(f"\ndemo finished in {total / 60:.1f} min. Outputs:")
-    for label, path in [
-        ("phantom data", phantom),
-        ("tiny model", tiny),
-        ("stage 1 (SFT)", stage_dirs["sft"]),
-        ("cold-start data", coldstart_data),
-        ("stage 2 (cold start)", stage_dirs["coldstart"]),
-        ("stage 3 (GRPO)", stage_dirs["grpo"]),
-        ("logs", demo / "logs"),
-    ]:
-        print(f"  {label:<22} {path}")
+        (plan.demo / "timings.json").write_text(json.dumps({**timings, "total": total}, indent=2) + "\n")
+    print_outputs(plan, total)
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    try:
+        run(Plan(parse_args(argv)))
+    except DemoError as e:
+        raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":

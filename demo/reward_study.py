@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.errors import OpenMedixError, setup_logging, user_errors
 from data_prep.io import atomic_write_text
 from demo.pipeline import grpo_history
 from demo.seeds import cell, diff_cell, evaluate, run_logged
@@ -53,7 +54,7 @@ def train(mode: str, seed: int, coldstart: Path, data: Path, out: Path, steps: i
         print(f"[{out.name}] already trained - skipping")
         return
     cmd = [sys.executable, "-m", "recipes.grpo", "--config", "recipes/demo/grpo.yaml"]
-    cmd += ["--model_name_or_path", str(coldstart), "--dataset_path", str(data), "--output_dir", str(out)]
+    cmd += ["--model_name_or_path", str(coldstart), "--dataset_name", str(data), "--output_dir", str(out)]
     if mode != "grounded":  # the grounded arm is the demo's GRPO recipe as it is (its own weights)
         names = list(REWARD_SETS[mode])
         cmd += ["--reward_mode", mode, "--reward_funcs", *names]
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the recipe's max_steps)")
     ap.add_argument(
-        "--val-sample", type=int, default=None, help="validation records, spanning its studies (default: all)"
+        "--val_sample", type=int, default=None, help="validation records, spanning its studies (default: all)"
     )
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", default="outputs/reward-study")
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     coldstart, data, out = Path(args.coldstart), Path(args.data), Path(args.out)
     if not (coldstart / "model.safetensors").exists():
         raise SystemExit(
-            f"{coldstart}: no cold-start checkpoint; run `make demo` (or --stop-after coldstart) first"
+            f"{coldstart}: no cold-start checkpoint; run `make demo` (or --stop_after coldstart) first"
         )
     runs = {f"{mode}-seed{seed}": out / f"{mode}-seed{seed}" for mode in REWARD_SETS for seed in args.seeds}
     results = {
@@ -174,4 +175,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    setup_logging()
+    with user_errors("reward-study", OpenMedixError):
+        main()

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.errors import OpenMedixError, setup_logging, user_errors
 from data_prep.io import atomic_write_text
-from demo.pipeline import check_lines, demo_dir, rl_checks
+from demo.pipeline import DemoError, check_lines, demo_dir, rl_checks
 
 SHOWN = {
     "reward/grounded": "grounded reward",
@@ -49,7 +50,7 @@ def run_logged(cmd: list[str], log: Path, what: str) -> None:
     print(f"$ {' '.join(cmd)} > {log}\n", end="", flush=True)  # one write: jobs print side by side
     with open(log, "wb") as f:
         if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
-            raise SystemExit(f"{what} failed: {' '.join(cmd)}\nfull log: {log}")
+            raise DemoError(f"{what} failed: {' '.join(cmd)}\nfull log: {log}")
 
 
 def evaluate(model: Path, data: Path, split: str, sample: int | None, out: Path, n_boot: int) -> dict:
@@ -58,8 +59,8 @@ def evaluate(model: Path, data: Path, split: str, sample: int | None, out: Path,
     if not (out / "results.json").exists():
         cmd = [sys.executable, "-m", "evaluation.run", "--model", str(model), "--data", str(data)]
         cmd += ["--split", split, *(["--sample", str(sample)] if sample else []), "--out", str(out)]
-        cmd += ["--name", out.name, "--batch-size", "16", "--max-new-tokens", "160"]
-        cmd += ["--bootstrap", str(n_boot), "--gallery", "0", "--reasoning", "--no-model-metrics"]
+        cmd += ["--name", out.name, "--batch_size", "16", "--max_new_tokens", "160"]
+        cmd += ["--bootstrap", str(n_boot), "--gallery", "0", "--reasoning", "--no_model_metrics"]
         run_logged(cmd, out.parent / f"{out.name}.log", "evaluation")
     return json.loads((out / "results.json").read_text())["headline"]
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="outputs")
-    args, demo_args = ap.parse_known_args(argv)  # anything else goes to demo.pipeline (e.g. --eval-sample)
+    args, demo_args = ap.parse_known_args(argv)  # anything else goes to demo.pipeline (e.g. --eval_sample)
 
     out = Path(args.out)
     results = {}
@@ -142,4 +143,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    setup_logging()
+    with user_errors("demo-seeds", OpenMedixError):
+        main()

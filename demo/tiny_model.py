@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
+from data_prep.errors import setup_logging
 from data_prep.frame import QWEN_MIN_PIXELS
 from data_prep.prompts import REASONING_INSTRUCTION
 
@@ -116,6 +118,8 @@ CORPUS = [
     "atelectasis edema fracture lesion opacity support devices enlarged cardiomediastinum pneumonia",
     "0 1 2 3 4 5 6 7 8 9 [ ] , . : ; | ( ) { } < > / \\boxed{ } <think> </think>",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def phantom_corpus(n_studies: int = 150) -> list[str]:
@@ -506,11 +510,12 @@ def build_tiny_model(
     processor.save_pretrained(out)
     marker.write_text(json.dumps(wanted) + "\n")  # written last: a half-built folder is rebuilt
     n = sum(p.numel() for p in model.parameters())
-    print(f"tiny {fam.label}: {n / 1e6:.2f}M parameters, vocab {len(tokenizer)} -> {out}")
+    log.info("tiny %s: %.2fM parameters, vocab %d -> %s", fam.label, n / 1e6, len(tokenizer), out)
     return out
 
 
 def main() -> None:
+    setup_logging()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", default=DEFAULT_FAMILY, choices=sorted(TINY_FAMILIES))
     ap.add_argument("--out", help="model folder (default: outputs/tiny-FAMILY)")

@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.errors import OpenMedixError, setup_logging, user_errors
 from data_prep.io import atomic_write_text
 from evaluation import stats as S
-from evaluation.runs import METRIC_ROWS, load_results, parse_runs  # noqa: F401  (parse_runs: re-exported)
+from evaluation.runs import METRIC_ROWS, RunError, load_results, parse_runs
 from evaluation.scoring import HEADLINE, HEADLINE_LABELS
 
 # DeepMedix-R1 on xraybench, read from the paper's figure (paper-notes.md). Same metric names as
@@ -51,7 +52,7 @@ NOT_RANKED = {"reasoning/boxes_per_answer"}  # more is not better
 ALPHA = 0.05
 
 
-class PairingError(ValueError):
+class PairingError(OpenMedixError, ValueError):
     """Two runs that cannot be compared record by record (different records, or no metric rows)."""
 
 
@@ -167,8 +168,8 @@ def load_rows(folder: str | Path) -> tuple[list[dict], dict]:
     path = Path(folder) / METRIC_ROWS
     if not path.exists():
         raise PairingError(
-            f"{path} not found (scored before paired statistics existed): rescore it with "
-            f"`python -m evaluation.run --metrics-only --data DATA --out {folder}`"
+            f"{path} not found (the run's per-record metric rows, which pairing needs): rescore it with "
+            f"`python -m evaluation.run --metrics_only --data DATA --out {folder}`"
         )
     return S.load_statistics(path)
 
@@ -360,7 +361,7 @@ def compare(
     """Write comparison.md / .json, headline_metrics.png, differences.png and gallery.html; return the
     Markdown."""
     if not runs:
-        raise ValueError("compare: no runs given")
+        raise RunError("compare: no runs given")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {name: load_results(folder) for name, folder in runs.items()}
@@ -437,18 +438,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples of the paired differences")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if args.baseline not in (None, "previous") and args.baseline not in parse_runs(args.runs):
-        raise SystemExit(f"--baseline {args.baseline}: no such run in --runs")
-    markdown = compare(
-        parse_runs(args.runs),
-        args.out,
-        paper=args.paper,
-        gallery=args.gallery,
-        seed=args.seed,
-        baseline=args.baseline,
-        cluster=args.cluster,
-        n_resamples=args.bootstrap,
-    )
+    setup_logging()
+    with user_errors("evaluation.compare", OpenMedixError, FileNotFoundError):
+        runs = parse_runs(args.runs)
+        if args.baseline not in (None, "previous") and args.baseline not in runs:
+            raise PairingError(f"--baseline {args.baseline}: no such run in --runs")
+        markdown = compare(
+            runs,
+            args.out,
+            paper=args.paper,
+            gallery=args.gallery,
+            seed=args.seed,
+            baseline=args.baseline,
+            cluster=args.cluster,
+            n_resamples=args.bootstrap,
+        )
     print(markdown)
 
 

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from data_prep.errors import OpenMedixError, setup_logging, user_errors
 from data_prep.families import from_convention, get_family, in_convention
 from data_prep.io import atomic_write_text, image_paths, read_records
 from data_prep.schema import box_problem
 from evaluation.metrics import answer_boxes, extract_answer, task_group
-from evaluation.runs import load_run, parse_runs
+from evaluation.runs import RESULTS, RunNotFoundError, load_run, parse_runs
 from rewards.parsing import BOX_RE, THINK_RE
 
 GT_COLOR, CITED_COLOR, ANSWER_COLOR = "#16a34a", "#dc2626", "#2563eb"
@@ -288,7 +289,7 @@ def gallery_for_runs(runs: dict[str, str], out_path: str | Path, n: int = 24, se
     loaded = {name: load_run(d) for name, d in runs.items()}
     first = next(iter(loaded.values()))[0]
     if not first.get("run"):
-        raise SystemExit(f"{next(iter(runs.values()))}: no results.json (run evaluation.run first)")
+        raise RunNotFoundError(f"{next(iter(runs.values()))}: no {RESULTS} (run evaluation.run first)")
     data_dir, split = first["run"]["data"], first["run"]["split"]
     records = read_records(data_dir, split=split)
     return write_gallery(
@@ -312,7 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    path = gallery_for_runs(parse_runs(args.runs), args.out, n=args.n, seed=args.seed)
+    setup_logging()
+    with user_errors("evaluation.gallery", OpenMedixError, FileNotFoundError):
+        path = gallery_for_runs(parse_runs(args.runs), args.out, n=args.n, seed=args.seed)
     print(f"gallery: {path}")
 
 

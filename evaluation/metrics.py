@@ -2,7 +2,9 @@
 
 Every function here takes records in the data_prep schema and completion strings, and returns
 plain numbers / dicts; nothing reads files or loads models (report text metrics live in
-``evaluation.nlg``, model-based clinical metrics in ``evaluation.model_metrics``).
+``evaluation.nlg``, model-based clinical metrics in ``evaluation.model_metrics``). Box geometry and
+set F1 come from ``rewards.boxes``, answer parsing, normalisation and the format checks from
+``rewards.parsing``: one definition each, shared with the rewards.
 
 Definitions (also in the README's evaluation section):
 
@@ -13,10 +15,11 @@ Definitions (also in the README's evaluation section):
   the boxed rate, so a model that never closes its box is visible, not silently rescued.
 * **VQA** (task ``vqa``). A question is *closed* when the record's ``meta["answer_type"]`` says
   so, or else when its ground truth is yes/no or at most two words; *list* when the ground truth
-  holds ``|``; otherwise *open*. Closed: normalised exact match (lower case, punctuation and
-  articles removed, whitespace collapsed). List: F1 of the normalised item sets. Open: token F1
-  (SQuAD style). ``accuracy`` is the mean of these per-question scores (micro over questions);
-  it is also given per ``meta["question_type"]`` and as the macro mean over question types.
+  holds ``|``; otherwise *open*. Closed: normalised exact match (``rewards.parsing.eval_normalize``:
+  lower case, punctuation and articles removed, whitespace collapsed). List: F1 of the normalised
+  item sets (``rewards.boxes.eval_set_f1``: both empty -> 1). Open: token F1 (SQuAD style).
+  ``accuracy`` is the mean of these per-question scores (micro over questions); it is also given
+  per ``meta["question_type"]`` and as the macro mean over question types.
 * **Classification** (task ``classification``). Answers are label lists joined with " | ";
   labels are compared case- and whitespace-insensitively. Per label: precision, recall, F1 and
   support. Micro F1 pools tp/fp/fn over all labels, including predicted labels that never occur
@@ -57,10 +60,28 @@ from collections.abc import Sequence
 import numpy as np
 
 from data_prep.schema import box_problem
-from rewards.parsing import THINK_RE, boxed_spans, find_boxes, last_boxed, think_block
-
-REPORT_TASKS = ("report_findings", "report_impression")
-GROUPS = ("report", "vqa", "classification", "grounding")
+from rewards.boxes import (
+    best_match_iou,
+    eval_set_f1,
+    hungarian_iou,
+    iou,
+    iou_matrix,
+    matched_count,
+    precision_iou,
+)
+from rewards.grounded import REPORT_TASKS
+from rewards.paper import format_score as paper_format_score
+from rewards.parsing import (
+    answer_items,
+    eval_format_ok,
+    eval_normalize,
+    find_boxes,
+    label_key,
+    last_boxed,
+    normalize_paper,
+    strip_think,
+    think_block,
+)
 
 
 def task_group(task: str) -> str:
@@ -78,31 +99,21 @@ def extract_answer(text: str) -> tuple[str, str]:
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip(), "boxed"
-    raw = THINK_RE.sub(" ", text).replace("<think>", " ").replace("</think>", " ")
+    raw = strip_think(text, " ").replace("<think>", " ").replace("</think>", " ")
     raw = _ANSWER_LEAD.sub("", raw.strip().lstrip(".").strip())
     return raw.strip(), "raw"
 
 
-# ----------------------------------------------------------------------------- text normalisation
-
-_PUNCT = re.compile(r"[^\w\s]|_")
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize_text(s: str) -> str:
-    """Lower case, punctuation -> space, articles removed, whitespace collapsed."""
-    s = _PUNCT.sub(" ", (s or "").lower())
-    s = _ARTICLES.sub(" ", s)
-    return " ".join(s.split())
+# ----------------------------------------------------------------------------- text answers
 
 
 def exact_match(pred: str, gold: str) -> float:
-    return float(normalize_text(pred) == normalize_text(gold))
+    return float(eval_normalize(pred) == eval_normalize(gold))
 
 
 def token_f1(pred: str, gold: str) -> float:
     """SQuAD-style token F1 of normalised texts (both empty -> 1, one empty -> 0)."""
-    p, g = normalize_text(pred).split(), normalize_text(gold).split()
+    p, g = eval_normalize(pred).split(), eval_normalize(gold).split()
     if not p or not g:
         return float(p == g)
     common = sum((Counter(p) & Counter(g)).values())
@@ -112,21 +123,9 @@ def token_f1(pred: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _items(answer: str) -> set[str]:
-    return {normalize_text(a) for a in (answer or "").split("|") if normalize_text(a)}
-
-
-def set_f1(pred_items: set, gold_items: set) -> float:
-    """F1 of two sets (both empty -> 1)."""
-    if not pred_items and not gold_items:
-        return 1.0
-    tp = len(pred_items & gold_items)
-    return 2 * tp / (len(pred_items) + len(gold_items))
-
-
 def list_f1(pred: str, gold: str) -> float:
-    """F1 of the normalised " | "-separated items."""
-    return set_f1(_items(pred), _items(gold))
+    """F1 of the normalised " | "-separated items (both empty -> 1)."""
+    return eval_set_f1(answer_items(pred, eval_normalize), answer_items(gold, eval_normalize))
 
 
 # ----------------------------------------------------------------------------- VQA
@@ -142,7 +141,7 @@ def vqa_kind(record: dict) -> str:
     gold = record["answer"]
     if "|" in gold:
         return "list"
-    if normalize_text(gold) in YES_NO or len(gold.split()) <= 2:
+    if eval_normalize(gold) in YES_NO or len(gold.split()) <= 2:
         return "closed"
     return "open"
 
@@ -169,9 +168,9 @@ def vqa_metrics(records: Sequence[dict], answers: Sequence[str]) -> tuple[dict, 
         kinds.append(kind)
         scores.append(score)
     scores = np.asarray(scores, dtype=float)
-    out: dict = {"n": len(scores), "accuracy": _mean(scores)}
+    out: dict = {"n": len(scores), "accuracy": mean_or_none(scores)}
     out["by_kind"] = {
-        k: {"n": int(sum(1 for x in kinds if x == k)), "score": _mean(scores[[x == k for x in kinds]])}
+        k: {"n": int(sum(1 for x in kinds if x == k)), "score": mean_or_none(scores[[x == k for x in kinds]])}
         for k in ("closed", "list", "open")
         if k in kinds
     }
@@ -179,21 +178,18 @@ def vqa_metrics(records: Sequence[dict], answers: Sequence[str]) -> tuple[dict, 
     by_type = {}
     for qt in sorted(set(qtypes)):
         mask = np.array([q == qt for q in qtypes])
-        by_type[qt] = {"n": int(mask.sum()), "accuracy": _mean(scores[mask])}
+        by_type[qt] = {"n": int(mask.sum()), "accuracy": mean_or_none(scores[mask])}
     out["by_question_type"] = by_type
-    out["macro_accuracy_over_question_types"] = _mean([v["accuracy"] for v in by_type.values()])
+    out["macro_accuracy_over_question_types"] = mean_or_none([v["accuracy"] for v in by_type.values()])
     return out, scores
 
 
 # ----------------------------------------------------------------------------- classification
 
 
-def label_key(label: str) -> str:
-    return " ".join(label.lower().split())
-
-
 def label_set(answer: str) -> set[str]:
-    return {label_key(a) for a in (answer or "").split("|") if label_key(a)}
+    """The classification labels of an answer ("a | b"), compared by ``label_key``."""
+    return answer_items(answer, label_key)
 
 
 def f1_from_counts(tp: float, fp: float, fn: float) -> float | None:
@@ -265,7 +261,7 @@ def classification_metrics(records: Sequence[dict], answers: Sequence[str]) -> t
         "macro_f1": macro_f1_from(counts),
         "micro_precision": tp / (tp + fp) if tp + fp else 0.0,
         "micro_recall": tp / (tp + fn) if tp + fn else None,
-        "exact_match": _mean(exact),
+        "exact_match": mean_or_none(exact),
         "per_label": per_label,
         "predicted_labels_not_in_ground_truth": dict(unseen.most_common()),
     }
@@ -273,63 +269,6 @@ def classification_metrics(records: Sequence[dict], answers: Sequence[str]) -> t
 
 
 # ----------------------------------------------------------------------------- boxes
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two [x0, y0, x1, y1] boxes; degenerate boxes (x1 <= x0 or y1 <= y0) have area 0."""
-    ax0, ay0, ax1, ay1 = a
-    bx0, by0, bx1, by1 = b
-    iw = min(ax1, bx1) - max(ax0, bx0)
-    ih = min(ay1, by1) - max(ay0, by0)
-    inter = max(0.0, iw) * max(0.0, ih)
-    area_a = max(0.0, ax1 - ax0) * max(0.0, ay1 - ay0)
-    area_b = max(0.0, bx1 - bx0) * max(0.0, by1 - by0)
-    union = area_a + area_b - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def iou_matrix(gt: Sequence, pred: Sequence) -> np.ndarray:
-    return np.array([[box_iou(g, p) for p in pred] for g in gt], dtype=float).reshape(len(gt), len(pred))
-
-
-def best_match_iou(gt: Sequence, pred: Sequence) -> float | None:
-    """Mean over ground-truth boxes of the best IoU with any predicted box (None without gt)."""
-    if not gt:
-        return None
-    if not pred:
-        return 0.0
-    return float(iou_matrix(gt, pred).max(axis=1).mean())
-
-
-def hungarian_iou(gt: Sequence, pred: Sequence) -> float | None:
-    """One-to-one version: maximum-IoU assignment, unmatched ground-truth boxes count 0."""
-    if not gt:
-        return None
-    if not pred:
-        return 0.0
-    from scipy.optimize import linear_sum_assignment
-
-    m = iou_matrix(gt, pred)
-    rows, cols = linear_sum_assignment(-m)
-    return float(m[rows, cols].sum() / len(gt))
-
-
-def precision_iou(gt: Sequence, pred: Sequence) -> float | None:
-    """Mean over predicted boxes of the best IoU with a ground-truth box (None if either is empty)."""
-    if not gt or not pred:
-        return None
-    return float(iou_matrix(gt, pred).max(axis=0).mean())
-
-
-def matched_count(gt: Sequence, pred: Sequence, threshold: float = 0.5) -> int:
-    """True positives: maximum one-to-one matching of pairs with IoU >= threshold."""
-    if not gt or not pred:
-        return 0
-    from scipy.optimize import linear_sum_assignment
-
-    ok = (iou_matrix(gt, pred) >= threshold).astype(float)
-    rows, cols = linear_sum_assignment(-ok)
-    return int(ok[rows, cols].sum())
 
 
 def grounding_class(record: dict) -> str:
@@ -367,9 +306,9 @@ def grounding_metrics(
     for rec, ans in zip(records, answers, strict=True):
         gt = [b["box"] for b in rec["boxes"]]
         pred = answer_boxes(ans)
-        rows.append([cindex[grounding_class(rec)], matched_count(gt, pred, threshold), len(pred), len(gt)])
-        ious.append(best_match_iou(gt, pred) or 0.0)
-        acc.append(float(bool(pred) and bool(gt) and max(box_iou(g, pred[0]) for g in gt) >= threshold))
+        rows.append([cindex[grounding_class(rec)], matched_count(pred, gt, threshold), len(pred), len(gt)])
+        ious.append(best_match_iou(pred, gt) or 0.0)
+        acc.append(float(bool(pred) and bool(gt) and max(iou(pred[0], g) for g in gt) >= threshold))
         parsed.append(float(bool(pred)))
     rows = np.asarray(rows, dtype=float).reshape(-1, 4)
     tp, npred, ngt = rows[:, 1].sum(), rows[:, 2].sum(), rows[:, 3].sum()
@@ -382,11 +321,11 @@ def grounding_metrics(
     out = {
         "n": len(records),
         "map50": map_from_rows(rows, len(classes)) if len(rows) else None,
-        "miou": _mean(ious),
-        "acc50": _mean(acc),
+        "miou": mean_or_none(ious),
+        "acc50": mean_or_none(acc),
         "precision50": tp / npred if npred else 0.0,
         "recall50": tp / ngt if ngt else None,
-        "answer_has_box_rate": _mean(parsed),
+        "answer_has_box_rate": mean_or_none(parsed),
         "per_class": per_class,
         "iou_threshold": threshold,
     }
@@ -394,27 +333,6 @@ def grounding_metrics(
 
 
 # ----------------------------------------------------------------------------- reasoning
-
-_TAG_SPACE = re.compile(r"\s*(<|>|/)\s*")
-PAPER_FORMAT_RE = re.compile(r"<think>.*</think>.*\\boxed\{.*\}.*", re.DOTALL)
-
-
-def normalize_tags(text: str) -> str:
-    """The released reward's normalisation: whitespace around <, > and / removed."""
-    return _TAG_SPACE.sub(r"\1", text or "")
-
-
-def format_ok(text: str) -> bool:
-    """One think block at the start, then a balanced \\boxed{} after it."""
-    t = normalize_tags(text).strip()
-    if not t.startswith("<think>") or t.count("<think>") != 1 or t.count("</think>") != 1:
-        return False
-    end = t.index("</think>")
-    return any(start > end for start, _, _ in boxed_spans(t))
-
-
-def paper_format_ok(text: str) -> bool:
-    return PAPER_FORMAT_RE.fullmatch(normalize_tags(text)) is not None
 
 
 def cited_boxes(text: str) -> list[list[float]]:
@@ -430,18 +348,18 @@ def reasoning_sample(text: str, record: dict) -> dict:
     gt = [b["box"] for b in record.get("boxes") or []]
     hit = None
     if gt:
-        hit = bool(cited) and float(iou_matrix(gt, cited).max()) >= 0.5
+        hit = bool(cited) and float(iou_matrix(cited, gt).max()) >= 0.5
     return {
-        "format": format_ok(text),
-        "paper_format": paper_format_ok(text),
+        "format": eval_format_ok(text),
+        "paper_format": paper_format_score(normalize_paper(text or "")) == 1.0,
         "has_think": think_block(text or "") is not None,
         "has_boxed": last_boxed(text or "") is not None,
         "cited_boxes": cited,
         "n_boxes": len(cited),
         "n_valid": int(sum(valid)),
-        "cited_iou": best_match_iou(gt, cited),
-        "cited_iou_hungarian": hungarian_iou(gt, cited),
-        "cited_precision_iou": precision_iou(gt, cited),
+        "cited_iou": best_match_iou(cited, gt),
+        "cited_iou_hungarian": hungarian_iou(cited, gt),
+        "cited_precision_iou": precision_iou(cited, gt),
         "cited_hit50": hit,
     }
 
@@ -458,19 +376,19 @@ def reasoning_metrics(samples: Sequence[dict]) -> tuple[dict, dict]:
     n_boxes, n_valid = col("n_boxes"), col("n_valid")
     out = {
         "n": len(samples),
-        "format_rate": _mean(col("format")),
-        "paper_format_rate": _mean(col("paper_format")),
-        "think_rate": _mean(col("has_think")),
-        "boxed_rate": _mean(col("has_boxed")),
-        "boxes_per_answer": _mean(n_boxes),
-        "answers_citing_boxes_rate": _mean(n_boxes > 0),
+        "format_rate": mean_or_none(col("format")),
+        "paper_format_rate": mean_or_none(col("paper_format")),
+        "think_rate": mean_or_none(col("has_think")),
+        "boxed_rate": mean_or_none(col("has_boxed")),
+        "boxes_per_answer": mean_or_none(n_boxes),
+        "answers_citing_boxes_rate": mean_or_none(n_boxes > 0),
         "cited_boxes": int(n_boxes.sum()),
         "valid_box_rate": float(n_valid.sum() / n_boxes.sum()) if n_boxes.sum() else None,
         "n_with_gt_boxes": len(opt("cited_iou")),
-        "cited_box_iou": _mean(opt("cited_iou")),
-        "cited_box_iou_hungarian": _mean(opt("cited_iou_hungarian")),
-        "cited_precision_iou": _mean(opt("cited_precision_iou")),
-        "cited_hit50": _mean(opt("cited_hit50")),
+        "cited_box_iou": mean_or_none(opt("cited_iou")),
+        "cited_box_iou_hungarian": mean_or_none(opt("cited_iou_hungarian")),
+        "cited_precision_iou": mean_or_none(opt("cited_precision_iou")),
+        "cited_hit50": mean_or_none(opt("cited_hit50")),
     }
     arrays = {
         "format": col("format"),
@@ -481,6 +399,6 @@ def reasoning_metrics(samples: Sequence[dict]) -> tuple[dict, dict]:
     return out, arrays
 
 
-def _mean(values) -> float | None:
+def mean_or_none(values) -> float | None:
     values = np.asarray(values, dtype=float)
     return float(values.mean()) if values.size else None

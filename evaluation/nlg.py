@@ -223,7 +223,7 @@ def report_metrics(
     stats["cider"] = mean_of(per["cider"], index)
 
     if not meteor:
-        out["meteor"] = {"status": "skipped", "reason": "disabled (--no-meteor)"}
+        out["meteor"] = {"status": "skipped", "reason": "disabled (--no_meteor)"}
     elif not java_available():
         out["meteor"] = {"status": "skipped", "reason": f"METEOR needs Java: {JAVA_HINT}"}
     else:

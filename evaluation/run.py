@@ -1,8 +1,8 @@
 """Evaluate a checkpoint on a test set: generate (resumable), score, write results and a gallery.
 
     python -m evaluation.run --model outputs/grpo --data data/phantom --out outputs/eval/grpo \\
-        [--split test] [--limit N] [--batch-size 8] [--backend transformers|vllm] \\
-        [--reasoning/--no-reasoning] [--max-new-tokens 256] [--name NAME] \\
+        [--split test] [--limit N] [--batch_size 8] [--backend transformers|vllm] \\
+        [--reasoning/--no_reasoning] [--max_new_tokens 256] [--name NAME] \\
         [--sample N] [--cluster study|patient|record]
 
 Writes into OUT:
@@ -17,19 +17,23 @@ Writes into OUT:
   per_sample.jsonl   the extracted answer and per-sample scores of every record
   gallery.html       sampled images with the model's reasoning, its cited boxes and the gt boxes
 
-``--metrics-only`` scores an existing predictions.jsonl without loading a model (e.g. predictions
-written by another system in the same format). Function API: ``evaluate(...)`` below.
+``--metrics_only`` scores an existing predictions.jsonl without loading a model (e.g. predictions
+written by another system in the same format). Function API: ``evaluate(model, data, out, **options)``
+below, its options those of ``EvalOptions`` (one field per command-line flag).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from data_prep.errors import OpenMedixError, setup_logging, user_errors
 from data_prep.families import FAMILIES, check_family, get_family
 from data_prep.io import atomic_write_text, read_records, write_jsonl
 from data_prep.schema import record_images
@@ -44,9 +48,38 @@ from evaluation.runs import (  # noqa: F401  (re-exported: callers read run.PRED
     PREDICTIONS,
     RESULTS,
     RUN_CONFIG,
+    RunError,
     append_predictions,
     load_predictions,
 )
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    """How to evaluate: every field but ``progress`` is a command-line flag whose argparse ``dest`` is
+    the field's name, so ``main`` passes the parsed flags over without naming them."""
+
+    split: str = "test"
+    limit: int | None = None  # the first N records of the split
+    sample: int | None = None  # N records spanning the split's studies (evaluation.stats.study_sample)
+    cluster: str = "study"  # what the CIs resample
+    batch_size: int = 8
+    backend: str = "transformers"
+    reasoning: bool = True
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    name: str | None = None
+    meteor: bool = True
+    model_metrics: bool = True
+    n_boot: int = 1000
+    seed: int = 0
+    gallery: int = 24
+    overwrite: bool = False
+    metrics_only: bool = False
+    threads: int | None = None
+    family_name: str | None = None  # the family of --metrics_only predictions without a model
+    progress: bool = True
 
 
 def _check_config(out: Path, config: dict, overwrite: bool) -> None:
@@ -57,7 +90,7 @@ def _check_config(out: Path, config: dict, overwrite: bool) -> None:
         diff = {k: (old.get(k), config[k]) for k in keys if old.get(k) != config[k]}
         if diff:
             lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
-            raise SystemExit(
+            raise RunError(
                 f"{out} holds predictions made with other settings ({lines}). Use another --out, "
                 "or --overwrite to start again."
             )
@@ -72,170 +105,184 @@ def _model_id(model_path) -> str | None:
     return str(p.resolve()) if p.exists() else str(model_path)
 
 
-# ----------------------------------------------------------------------------- the API
+def _stored_config(out: Path) -> dict:
+    return json.loads((out / RUN_CONFIG).read_text()) if (out / RUN_CONFIG).exists() else {}
 
 
-def evaluate(
-    model_path: str | None,
-    data_dir: str,
-    out_dir: str,
-    split: str = "test",
-    limit: int | None = None,
-    batch_size: int = 8,
-    reasoning: bool = True,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    backend: str = "transformers",
-    name: str | None = None,
-    meteor: bool = True,
-    model_metrics: bool = True,
-    n_boot: int = 1000,
-    seed: int = 0,
-    gallery: int = 24,
-    overwrite: bool = False,
-    metrics_only: bool = False,
-    progress: bool = True,
-    threads: int | None = None,
-    family_name: str | None = None,
-    sample: int | None = None,
-    cluster: str = "study",
-) -> dict:
-    """Generate what is missing from OUT/predictions.jsonl, then score; returns the results dict.
+# ----------------------------------------------------------------------------- the steps
 
-    The model's family (data_prep.families, from its config) sets the box convention its prompts ask
-    for and the scoring reads; ``family_name`` names it for --metrics-only runs without a model."""
-    from evaluation import nlg
-    from evaluation.scoring import score_run
 
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend '{backend}' (expected one of {', '.join(BACKENDS)})")
-    records = read_records(data_dir, split=split)
+def _select_records(data_dir: str, opts: EvalOptions) -> tuple[list[dict], dict]:
+    """(the records to evaluate, the boxes of every image of the whole split)."""
+    records = read_records(data_dir, split=opts.split)
     if not records:
-        raise SystemExit(f"{data_dir}: no records in split '{split}'")
+        raise RunError(f"{data_dir}: no records in split '{opts.split}'")
     boxes_of_image = image_boxes(records)  # of the whole split: a limited run may cut a study in two
-    if limit is not None:
-        records = records[:limit]
-    if sample is not None:
-        records = S.study_sample(records, sample, seed=seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pred_path = out / PREDICTIONS
-    if overwrite:
-        pred_path.unlink(missing_ok=True)
+    if opts.limit is not None:
+        records = records[: opts.limit]
+    if opts.sample is not None:
+        records = S.study_sample(records, opts.sample, seed=opts.seed)
+    return records, boxes_of_image
+
+
+def _run_config(model_path, data_dir: str, out: Path, opts: EvalOptions):
+    """(run_config.json's content, the model's family). The family (data_prep.families, from the
+    model's config) sets the box convention its prompts ask for and the scoring reads."""
     if model_path:
         family = check_family(model_path, data_dir)
-    else:  # --metrics-only: the family the predictions were made with
-        old = json.loads((out / RUN_CONFIG).read_text()) if (out / RUN_CONFIG).exists() else {}
-        family = get_family(family_name or old.get("family"))
+    else:  # --metrics_only: the family the predictions were made with
+        family = get_family(opts.family_name or _stored_config(out).get("family"))
     config = {
-        "name": name or (Path(model_path).name if model_path else out.name),
+        "name": opts.name or (Path(model_path).name if model_path else out.name),
         "family": family.name,
         "model": _model_id(model_path),
         "data": str(Path(data_dir).resolve()),
-        "split": split,
-        "reasoning": reasoning,
-        "max_new_tokens": max_new_tokens,
-        "backend": backend,
+        "split": opts.split,
+        "reasoning": opts.reasoning,
+        "max_new_tokens": opts.max_new_tokens,
+        "backend": opts.backend,
         "decoding": "greedy",
-        "limit": limit,
-        "sample": sample,
+        "limit": opts.limit,
+        "sample": opts.sample,
     }
-    if metrics_only and (out / RUN_CONFIG).exists():
-        old = json.loads((out / RUN_CONFIG).read_text())
-        config["name"] = name or old.get("name") or config["name"]
+    if opts.metrics_only and (out / RUN_CONFIG).exists():
+        old = _stored_config(out)
+        config["name"] = opts.name or old.get("name") or config["name"]
         config["model"] = config["model"] or old.get("model")
-    if not metrics_only:
-        _check_config(out, config, overwrite)
+    return config, family
 
-    if meteor and any(r["task"].startswith("report_") for r in records):
-        nlg.start_meteor()  # its jar loads for ~20 s: let that overlap with generation
 
-    done = load_predictions(pred_path, repair=not metrics_only)
+def _generate_missing(
+    model_path, data_dir: str, records: list[dict], pred_path: Path, opts: EvalOptions
+) -> dict:
+    """Generate the records that have no prediction yet, appending each batch; returns the timing."""
+    done = load_predictions(pred_path, repair=not opts.metrics_only)
     todo = [r for r in records if r["id"] not in done]
     resumed = len(records) - len(todo)
-    gen_seconds = 0.0
-    if todo and metrics_only:
-        raise SystemExit(
-            f"--metrics-only: {len(todo)} of {len(records)} records have no prediction in {pred_path}"
+    load_seconds = gen_seconds = 0.0
+    if todo and opts.metrics_only:
+        raise RunError(
+            f"--metrics_only: {len(todo)} of {len(records)} records have no prediction in {pred_path}"
         )
     if todo:
         if not model_path:
-            raise SystemExit("--model is needed to generate predictions")
+            raise RunError("--model is needed to generate predictions")
         from evaluation.generation import make_generator
 
         if resumed:
-            print(f"resuming: {resumed} predictions already in {pred_path}, {len(todo)} to generate")
+            log.info("resuming: %d predictions already in %s, %d to generate", resumed, pred_path, len(todo))
         t0 = time.perf_counter()
         max_images = max(len(record_images(r)) for r in todo)
         generator = make_generator(
-            backend, str(model_path), data_dir, max_new_tokens, threads=threads, max_images=max_images
+            opts.backend,
+            str(model_path),
+            data_dir,
+            opts.max_new_tokens,
+            threads=opts.threads,
+            max_images=max_images,
         )
         load_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        with tqdm(total=len(todo), desc=f"generate ({backend})", unit="sample", disable=not progress) as bar:
-            for i in range(0, len(todo), batch_size):
-                batch = todo[i : i + batch_size]
-                completions = generator.generate(batch, reasoning)
+        desc = f"generate ({opts.backend})"
+        with tqdm(total=len(todo), desc=desc, unit="sample", disable=not opts.progress) as bar:
+            for i in range(0, len(todo), opts.batch_size):
+                batch = todo[i : i + opts.batch_size]
+                completions = generator.generate(batch, opts.reasoning)
                 append_predictions(
                     pred_path, [{"id": r["id"], "completion": c} for r, c in zip(batch, completions)]
                 )
                 bar.update(len(batch))
         gen_seconds = time.perf_counter() - t0
         del generator
-    else:
-        load_seconds = 0.0
-
-    t0 = time.perf_counter()
-    completions = load_predictions(pred_path)
-    results, per_sample, stats = score_run(
-        records,
-        completions,
-        reasoning,
-        meteor=meteor,
-        model_metrics=model_metrics,
-        n_boot=n_boot,
-        seed=seed,
-        boxes_of_image=boxes_of_image,
-        family=family,
-        cluster=cluster,
-    )
-    score_seconds = time.perf_counter() - t0
-    results = {
-        "run": config,
-        "timing": {
-            "generated": len(todo),
-            "resumed": resumed,
-            "model_load_s": round(load_seconds, 2),
-            "generation_s": round(gen_seconds, 2),
-            "samples_per_s": round(len(todo) / gen_seconds, 3) if gen_seconds else None,
-            "scoring_s": round(score_seconds, 2),
-            "batch_size": batch_size,
-        },
-        "bootstrap": {
-            "resamples": n_boot,
-            "seed": seed,
-            "confidence": 0.95,
-            "method": "percentile",
-            "cluster": cluster,
-            "clusters": len(set(S.cluster_codes(records, cluster).tolist())),
-        },
-        **results,
+    return {
+        "generated": len(todo),
+        "resumed": resumed,
+        "model_load_s": round(load_seconds, 2),
+        "generation_s": round(gen_seconds, 2),
+        "samples_per_s": round(len(todo) / gen_seconds, 3) if gen_seconds else None,
     }
+
+
+def _write_outputs(
+    out: Path, data_dir: str, records, results, per_sample, stats, completions, family, opts
+) -> None:
+    """results.json, per_sample.jsonl, metric_rows.npz and (unless --gallery 0) gallery.html."""
     atomic_write_text(out / RESULTS, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     write_jsonl(out / PER_SAMPLE, per_sample)
     S.save_statistics(out / METRIC_ROWS, records, stats)
-    if gallery:
+    if opts.gallery:
         from evaluation.gallery import write_gallery
 
+        name = results["run"]["name"]
         write_gallery(
             out / GALLERY,
             records,
-            {config["name"]: completions},
+            {name: completions},
             data_dir,
-            n=gallery,
-            seed=seed,
-            scores={config["name"]: {row["id"]: row for row in per_sample}},
-            families={config["name"]: family},
+            n=opts.gallery,
+            seed=opts.seed,
+            scores={name: {row["id"]: row for row in per_sample}},
+            families={name: family},
         )
+
+
+# ----------------------------------------------------------------------------- the API
+
+
+def evaluate(
+    model_path: str | None, data_dir: str, out_dir: str, options: EvalOptions | None = None, **fields
+) -> dict:
+    """Generate what is missing from OUT/predictions.jsonl, then score; returns the results dict.
+
+    ``options``, or any of its fields as keywords (``evaluate(model, data, out, limit=10)``)."""
+    from evaluation import nlg
+    from evaluation.scoring import score_run
+
+    opts = dataclasses.replace(options or EvalOptions(), **fields)
+    if opts.backend not in BACKENDS:
+        raise RunError(f"unknown backend '{opts.backend}' (expected one of {', '.join(BACKENDS)})")
+    records, boxes_of_image = _select_records(data_dir, opts)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred_path = out / PREDICTIONS
+    if opts.overwrite:
+        pred_path.unlink(missing_ok=True)
+    config, family = _run_config(model_path, data_dir, out, opts)
+    if not opts.metrics_only:
+        _check_config(out, config, opts.overwrite)
+    if opts.meteor and any(r["task"].startswith("report_") for r in records):
+        nlg.start_meteor()  # its jar loads for ~20 s: let that overlap with generation
+    timing = _generate_missing(model_path, data_dir, records, pred_path, opts)
+
+    t0 = time.perf_counter()
+    completions = load_predictions(pred_path)
+    scored, per_sample, stats = score_run(
+        records,
+        completions,
+        opts.reasoning,
+        meteor=opts.meteor,
+        model_metrics=opts.model_metrics,
+        n_boot=opts.n_boot,
+        seed=opts.seed,
+        boxes_of_image=boxes_of_image,
+        family=family,
+        cluster=opts.cluster,
+    )
+    timing.update(scoring_s=round(time.perf_counter() - t0, 2), batch_size=opts.batch_size)
+    results = {
+        "run": config,
+        "timing": timing,
+        "bootstrap": {
+            "resamples": opts.n_boot,
+            "seed": opts.seed,
+            "confidence": 0.95,
+            "method": "percentile",
+            "cluster": opts.cluster,
+            "clusters": len(set(S.cluster_codes(records, opts.cluster).tolist())),
+        },
+        **scored,
+    }
+    _write_outputs(out, data_dir, records, results, per_sample, stats, completions, family, opts)
     return results
 
 
@@ -264,9 +311,10 @@ def summary_lines(results: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags: --model, --data and --out, then one per EvalOptions field (``dest`` = the field)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="model folder (transformers format); not needed with --metrics-only")
+    ap.add_argument("--model", help="model folder (transformers format); not needed with --metrics_only")
     ap.add_argument("--data", required=True, help="dataset folder with records.jsonl (our schema)")
     ap.add_argument("--out", required=True, help="output folder of this run")
     ap.add_argument("--split", default="test")
@@ -283,31 +331,41 @@ def main(argv: list[str] | None = None) -> None:
         default="study",
         help="what the CIs resample: whole studies (default), whole patients, or single records",
     )
-    ap.add_argument("--batch-size", type=int, default=8, help="records per generate call (vLLM: use 256+)")
+    ap.add_argument("--batch_size", type=int, default=8, help="records per generate call (vLLM: use 256+)")
     ap.add_argument("--backend", choices=BACKENDS, default="transformers")
+    # None: on, except that --metrics_only keeps the prompt mode the predictions were made with
     ap.add_argument(
         "--reasoning",
-        action=argparse.BooleanOptionalAction,
+        action="store_const",
+        const=True,
         default=None,
-        help="ask for <think> reasoning with boxes (paper prompt); --no-reasoning: answer only",
+        help="ask for <think> reasoning with boxes (paper prompt; the default)",
     )
-    ap.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    ap.add_argument("--no_reasoning", dest="reasoning", action="store_const", const=False, help="answer only")
+    ap.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     ap.add_argument("--name", help="run name in tables (default: the model folder's name)")
     ap.add_argument(
-        "--no-meteor", dest="meteor", action="store_false", help="skip METEOR (its jar starts in ~20 s)"
+        "--no_meteor", dest="meteor", action="store_false", help="skip METEOR (its jar starts in ~20 s)"
     )
     ap.add_argument(
-        "--no-model-metrics",
+        "--no_model_metrics",
         dest="model_metrics",
         action="store_false",
         help="skip BERTScore / RadGraph / CheXbert even when installed",
     )
-    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
+    ap.add_argument(
+        "--bootstrap",
+        dest="n_boot",
+        metavar="N",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for the CIs (0: none)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gallery", type=int, default=24, help="images in gallery.html (0: none)")
     ap.add_argument("--overwrite", action="store_true", help="drop existing predictions and start again")
     ap.add_argument(
-        "--metrics-only", action="store_true", help="score OUT/predictions.jsonl, generate nothing"
+        "--metrics_only", action="store_true", help="score OUT/predictions.jsonl, generate nothing"
     )
     ap.add_argument(
         "--threads",
@@ -317,41 +375,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--family",
+        dest="family_name",
         choices=list(FAMILIES),
-        help="--metrics-only without --model: the box convention of the predictions (default: run_config.json)",
+        help="--metrics_only without --model: the box convention of the predictions (default: run_config.json)",
     )
-    args = ap.parse_args(argv)
-    reasoning = args.reasoning
-    if reasoning is None:  # default: on; --metrics-only keeps the prompt mode the predictions were made with
-        config = Path(args.out) / RUN_CONFIG
-        reasoning = (
-            json.loads(config.read_text()).get("reasoning", True)
-            if args.metrics_only and config.exists()
-            else True
-        )
-    results = evaluate(
-        args.model,
-        args.data,
-        args.out,
-        split=args.split,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        reasoning=reasoning,
-        max_new_tokens=args.max_new_tokens,
-        backend=args.backend,
-        name=args.name,
-        meteor=args.meteor,
-        model_metrics=args.model_metrics,
-        n_boot=args.bootstrap,
-        seed=args.seed,
-        gallery=args.gallery,
-        overwrite=args.overwrite,
-        metrics_only=args.metrics_only,
-        threads=args.threads,
-        family_name=args.family,
-        sample=args.sample,
-        cluster=args.cluster,
-    )
+    return ap
+
+
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    """EvalOptions from the parsed flags (all but --model, --data and --out); a flag without a field
+    of that name is a TypeError here, not a silently ignored setting."""
+    fields = {k: v for k, v in vars(args).items() if k not in ("model", "data", "out")}
+    if fields["reasoning"] is None:
+        stored = _stored_config(Path(args.out)) if args.metrics_only else {}
+        fields["reasoning"] = stored.get("reasoning", True)
+    return EvalOptions(**fields)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    with user_errors("evaluation.run", OpenMedixError, FileNotFoundError):
+        results = evaluate(args.model, args.data, args.out, options_from_args(args))
     print("\n".join(summary_lines(results)))
     print(f"results: {Path(args.out) / RESULTS}")
 

@@ -7,10 +7,14 @@ in a circle.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
+from data_prep.errors import OpenMedixError
 from data_prep.io import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
 RUN_CONFIG = "run_config.json"
@@ -19,6 +23,15 @@ PER_SAMPLE = "per_sample.jsonl"
 METRIC_ROWS = "metric_rows.npz"  # evaluation.stats.save_statistics: what compare pairs
 GALLERY = "gallery.html"
 DEFAULT_MAX_NEW_TOKENS = 256
+
+
+class RunError(OpenMedixError, ValueError):
+    """An evaluation run that cannot go on as asked: other settings than its folder's, no records,
+    missing predictions, a malformed --runs item."""
+
+
+class RunNotFoundError(OpenMedixError, FileNotFoundError):
+    """A run folder without the file a command reads (it was not evaluated, or not to the end)."""
 
 
 def load_predictions(path: str | Path, repair: bool = False) -> dict[str, str]:
@@ -45,8 +58,10 @@ def load_predictions(path: str | Path, repair: bool = False) -> dict[str, str]:
     if repair and (broken or (good_lines and not path.read_text(encoding="utf-8").endswith("\n"))):
         atomic_write_text(path, "".join(good_lines))
         if broken:
-            print(
-                f"{path}: dropped {broken} broken line(s) (an interrupted write); they will be generated again"
+            log.warning(
+                "%s: dropped %d broken line(s) (an interrupted write); they will be generated again",
+                path,
+                broken,
             )
     return preds
 
@@ -65,10 +80,10 @@ def parse_runs(items: list[str]) -> dict[str, str]:
     runs = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"--runs takes NAME=FOLDER items, got '{item}'")
+            raise RunError(f"--runs takes NAME=FOLDER items, got '{item}'")
         name, folder = item.split("=", 1)
         if not name or name in runs:
-            raise SystemExit(f"--runs: empty or repeated run name in '{item}'")
+            raise RunError(f"--runs: empty or repeated run name in '{item}'")
         runs[name] = folder
     return runs
 
@@ -76,7 +91,7 @@ def parse_runs(items: list[str]) -> dict[str, str]:
 def load_results(folder: str | Path) -> dict:
     path = Path(folder) / RESULTS
     if not path.exists():
-        raise SystemExit(f"{path} not found: run `python -m evaluation.run ... --out {folder}` first")
+        raise RunNotFoundError(f"{path} not found: run `python -m evaluation.run ... --out {folder}` first")
     return json.loads(path.read_text())
 
 

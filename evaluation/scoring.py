@@ -1,7 +1,7 @@
 """Score a run: records + completions -> the results dict (per task group, headline with CIs).
 
 Used by ``evaluation.run`` after generation and usable alone on any predictions file
-(``python -m evaluation.run ... --metrics-only``). The metric definitions are in
+(``python -m evaluation.run ... --metrics_only``). The metric definitions are in
 ``evaluation.metrics`` (answers, VQA, classification, grounding, reasoning),
 ``evaluation.nlg`` (report text metrics) and ``evaluation.model_metrics`` (clinical metrics).
 """
@@ -20,6 +20,7 @@ from evaluation import metrics as M
 from evaluation import nlg
 from evaluation import stats as S
 from rewards import grounded as G
+from rewards.boxes import eval_set_f1
 from rewards.grounded import GROUNDED_WEIGHTS
 from rewards.parsing import parse
 
@@ -76,18 +77,45 @@ def score_run(
     ``family`` (data_prep.families): a relative-coordinate family's completions are scored against the
     records in its convention (0-1000 boxes), as GRPO rewards them."""
     if family is not None and family.relative:
-        boxes_of_image = image_boxes(records) if boxes_of_image is None else boxes_of_image
-        boxes_of_image = {
-            image_key(r): scale_box_list(
-                boxes_of_image.get(image_key(r), []), r["width"], r["height"], family
-            )
-            for r in records
-        }
-        records = [in_convention(r, family) for r in records]
+        records, boxes_of_image = _in_family_convention(records, boxes_of_image, family)
     texts = [completions.get(r["id"], "") for r in records]
     extracted = [M.extract_answer(t) for t in texts]
     answers = [a for a, _ in extracted]
-    per_sample = [
+    per_sample = _per_sample_rows(records, extracted)
+    stats: dict[str, S.Statistic] = {}
+    results = _answer_summary(records, completions, extracted, stats)
+
+    groups = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[M.task_group(r["task"])].append(i)
+    task = TaskData(records, answers, per_sample, meteor, model_metrics)
+    for group, scorer in TASK_SCORERS.items():
+        if groups.get(group):
+            results[group] = scorer(task, np.asarray(groups[group]), stats)
+    results["reasoning"] = _score_reasoning(task, texts, stats) if reasoning else None
+    results["reward"] = _score_grounded_reward(texts, task, boxes_of_image, stats)
+    results["by_source"] = _by_source(records, answers, per_sample)
+
+    stats = {k: stats[k] for k, _ in HEADLINE if k in stats}
+    results["headline"] = _headline(results, stats, S.cluster_codes(records, cluster), n_boot, seed)
+    return results, per_sample, stats
+
+
+def _in_family_convention(
+    records: list[dict], boxes_of_image: dict | None, family
+) -> tuple[list[dict], dict]:
+    """Records and image boxes in a relative-coordinate family's convention (0-1000 boxes)."""
+    boxes_of_image = image_boxes(records) if boxes_of_image is None else boxes_of_image
+    boxes_of_image = {
+        image_key(r): scale_box_list(boxes_of_image.get(image_key(r), []), r["width"], r["height"], family)
+        for r in records
+    }
+    return [in_convention(r, family) for r in records], boxes_of_image
+
+
+def _per_sample_rows(records: list[dict], extracted: list[tuple[str, str]]) -> list[dict]:
+    """One row per record; the task scorers fill in its score."""
+    return [
         {
             "id": r["id"],
             "task": r["task"],
@@ -101,51 +129,46 @@ def score_run(
         }
         for r, (a, src) in zip(records, extracted)
     ]
+
+
+def _answer_summary(records: list[dict], completions: dict, extracted: list, stats: dict) -> dict:
+    """The results' head: counts, tasks and how the answers were read (boxed or raw fallback)."""
     boxed = np.array([float(src == "boxed") for _, src in extracted])
-    results: dict = {
+    if len(boxed):
+        stats["answers/boxed_rate"] = S.mean_of(boxed, np.arange(len(boxed)))
+    return {
         "n": len(records),
         "n_missing_predictions": sum(1 for r in records if r["id"] not in completions),
         "tasks": dict(sorted(Counter(r["task"] for r in records).items())),
         "answers": {
-            "boxed_rate": M._mean(boxed),
-            "raw_fallback_rate": M._mean(1 - boxed) if len(boxed) else None,
+            "boxed_rate": M.mean_or_none(boxed),
+            "raw_fallback_rate": M.mean_or_none(1 - boxed) if len(boxed) else None,
         },
     }
-    stats: dict[str, S.Statistic] = {}
-    if len(boxed):
-        stats["answers/boxed_rate"] = S.mean_of(boxed, np.arange(len(boxed)))
 
-    groups = defaultdict(list)
-    for i, r in enumerate(records):
-        groups[M.task_group(r["task"])].append(i)
-    task = TaskData(records, answers, per_sample, meteor, model_metrics)
-    for group, scorer in TASK_SCORERS.items():
-        if groups.get(group):
-            results[group] = scorer(task, np.asarray(groups[group]), stats)
 
-    if reasoning:
-        results["reasoning"] = _score_reasoning(task, texts, stats)
-    else:
-        results["reasoning"] = None
-
-    rewards = grounded_rewards(texts, records, boxes_of_image)
-    for row, rwd in zip(per_sample, rewards):
+def _score_grounded_reward(
+    texts: list[str], task: TaskData, boxes_of_image: dict | None, stats: dict
+) -> dict:
+    """The grounded training reward of every completion: per-sample terms, their means and the total."""
+    rewards = grounded_rewards(texts, task.records, boxes_of_image)
+    for row, rwd in zip(task.per_sample, rewards):
         row["grounded_reward"] = rwd
     total = np.array([r["total"] for r in rewards])
-    results["reward"] = {
+    stats["reward/grounded"] = S.mean_of(total, np.arange(len(total)))
+    return {
         "grounded": float(total.mean()),
         "terms": {k: _mean_of(r[k] for r in rewards) for k in GROUNDED_WEIGHTS},
         "weights": dict(GROUNDED_WEIGHTS),
     }
-    stats["reward/grounded"] = S.mean_of(total, np.arange(len(total)))
 
-    results["by_source"] = _by_source(records, answers, per_sample)
-    stats = {k: stats[k] for k, _ in HEADLINE if k in stats}
-    codes = S.cluster_codes(records, cluster)
-    results["headline"] = {k: S.headline(stat, codes, n_boot, seed) for k, stat in stats.items()}
-    results["headline"].update((results.get("report") or {}).pop("_not_resampled", {}))
-    results["headline"] = {k: results["headline"][k] for k, _ in HEADLINE if k in results["headline"]}
-    return results, per_sample, stats
+
+def _headline(results: dict, stats: dict, codes, n_boot: int, seed: int) -> dict:
+    """Each headline metric with its cluster-bootstrap interval, in ``HEADLINE`` order; the CheXbert
+    corpus scores come without one."""
+    headline = {k: S.headline(stat, codes, n_boot, seed) for k, stat in stats.items()}
+    headline.update((results.get("report") or {}).pop("_not_resampled", {}))
+    return {k: headline[k] for k, _ in HEADLINE if k in headline}
 
 
 @dataclass
@@ -181,7 +204,7 @@ def _score_classification(task: TaskData, idx: np.ndarray, stats: dict) -> dict:
     stats["classification/macro_f1"] = S.Statistic(rows, idx, "macro_f1")
     for i in idx:
         gold, pred = M.label_set(task.records[i]["answer"]), M.label_set(task.answers[i])
-        task.per_sample[i].update(score=M.set_f1(pred, gold), score_name="label_set_f1")
+        task.per_sample[i].update(score=eval_set_f1(pred, gold), score_name="label_set_f1")
     return summary
 
 
@@ -242,7 +265,7 @@ def _score_reports(task: TaskData, idx: np.ndarray, stats: dict) -> dict:
                     "n": chex["n"],
                 }
     else:
-        note = {"status": "skipped", "reason": "disabled (--no-model-metrics)"}
+        note = {"status": "skipped", "reason": "disabled (--no_model_metrics)"}
         summary.update({"bertscore_f1": note, "radgraph_f1": note, "chexbert": note})
     for i, score in zip(idx, per.get("rouge_l", np.zeros(len(recs)))):
         task.per_sample[i].update(score=float(score), score_name="rouge_l")

@@ -38,9 +38,11 @@ Beside the rewards, ``coordinate``/``paper_coordinate`` log box and think statis
 TRL's ``log_metric`` keyword (``rewards.stats``). ``python -m benchmarks.rewards`` measures
 throughput.
 
-Modules: ``parsing`` (think block, boxed answers, boxes), ``similarity`` (nltk-exact BLEU,
-rouge_score-exact ROUGE-1, bit-parallel ROUGE-L), ``boxes`` (frame validity, IoU, matching),
-``paper``, ``grounded``, ``stats``, ``inputs`` (what TRL passes), ``registry``, ``bench``.
+Modules: ``parsing`` (think block, boxed answers, boxes, answer normalisation, format checks),
+``similarity`` (nltk-exact BLEU, rouge_score-exact ROUGE-1, bit-parallel ROUGE-L), ``boxes`` (frame
+validity, IoU, near-duplicates, Hungarian matching, set F1), ``paper``, ``grounded``, ``stats``,
+``inputs`` (what TRL passes), ``registry``. The evaluation (``evaluation.metrics``) uses the same
+``boxes`` and ``parsing``; where it reads differently on purpose, both variants sit side by side there.
 
 Adding a reward (a short recipe):
 
@@ -61,7 +63,6 @@ from rewards.registry import (
     REWARD_FUNCS,
     REWARD_SETS,
     get_reward_funcs,
-    get_reward_weights,
     register,
     reward_names,
 )
@@ -72,7 +73,6 @@ __all__ = [
     "REWARD_FUNCS",
     "REWARD_SETS",
     "get_reward_funcs",
-    "get_reward_weights",
     "register",
     "reward_names",
 ]

@@ -8,10 +8,10 @@ Four TRL reward functions (registry names = function names):
     none, several, or an unclosed one -> 0. Then by kind (``answer_kind``):
 
     * *short* (closed questions, at most ``LONG_ANSWER_WORDS`` words): exact match after
-      ``normalize_answer`` (lowercase, punctuation -> space, articles dropped, whitespace
+      ``parsing.normalize_answer`` (lowercase, punctuation -> space, articles dropped, whitespace
       collapsed, yes/no synonyms such as "y", "true", "present" -> "yes").
     * *list* (ground truth joined with " | ", or task ``classification``): set F1 of the
-      normalised labels.
+      normalised labels (``boxes.set_f1``: no labels at all scores 0).
     * *text* (task ``report_findings``/``report_impression``, or a longer answer): word-level
       ``REPORT_MIX`` of BLEU-4 (nltk-exact, add-one smoothing) and ROUGE-L F1 (true LCS).
     * *box* (task ``grounding``, answer "[x0, y0, x1, y1]"): soft F1 of IoU between the boxes
@@ -61,24 +61,18 @@ import json
 import re
 from functools import lru_cache
 
-from rewards.boxes import INVALID, box_status, count_paying_regions, soft_f1
+from rewards.boxes import INVALID, box_status, count_paying_regions, set_f1, soft_f1
 from rewards.inputs import column, texts_of
-from rewards.parsing import boxed_spans, find_boxes, parse
+from rewards.parsing import answer_items, boxed_spans, find_boxes, normalize_answer, parse
 from rewards.similarity import BLEU4_WEIGHTS, bleu, rouge_l_f
 from rewards.stats import log_completion_stats
 
 GROUNDED_WEIGHTS = {"answer": 1.0, "format": 0.2, "coordinate": 0.2, "grounding": 0.5}
 
 # --- answer ---------------------------------------------------------------------------------
-REPORT_TASKS = ("report_findings", "report_impression")
+REPORT_TASKS = ("report_findings", "report_impression")  # the tasks whose answer is a report text
 LONG_ANSWER_WORDS = 8  # more words than this (and not a list) -> scored as text
 REPORT_MIX = {"bleu4": 0.5, "rouge_l": 0.5}  # word-level text score = weighted sum of these
-ARTICLES = frozenset({"a", "an", "the"})
-SYNONYMS = {
-    **dict.fromkeys(("yes", "y", "true", "present", "positive", "correct"), "yes"),
-    **dict.fromkeys(("no", "n", "false", "absent", "negative", "incorrect"), "no"),
-}
-_PUNCT_RE = re.compile(r"[^\w\s]")
 _WORD_RE = re.compile(r"[a-z0-9]+")
 _BOX_ANSWER_RE = re.compile(r"\s*(\[[^\[\]]*\]\s*[,;]?\s*)+")
 
@@ -101,13 +95,6 @@ MAX_BOXES = 16  # more boxes than this in one think block is spam: -1
 # ---------------------------------------------------------------------------------------------
 
 
-def normalize_answer(text: str) -> str:
-    """Lowercase, punctuation to spaces, drop articles, collapse whitespace, map yes/no synonyms."""
-    words = [w for w in _PUNCT_RE.sub(" ", text.lower()).split() if w not in ARTICLES]
-    s = " ".join(words)
-    return SYNONYMS.get(s, s)
-
-
 def answer_kind(solution: str, task: str | None = None) -> str:
     """``short``, ``list``, ``text`` or ``box`` for a ground-truth answer and its task."""
     if task == "grounding" and find_boxes(solution):
@@ -121,17 +108,6 @@ def answer_kind(solution: str, task: str | None = None) -> str:
     if len(solution.split()) > LONG_ANSWER_WORDS:
         return "text"
     return "short"
-
-
-def _labels(text: str) -> set[str]:
-    return {s for s in (normalize_answer(item) for item in text.split("|")) if s}
-
-
-def set_f1(pred: set, gt: set) -> float:
-    common = len(pred & gt)
-    if not common:
-        return 0.0
-    return 2 * common / (len(pred) + len(gt))
 
 
 @lru_cache(maxsize=4096)
@@ -161,7 +137,7 @@ def answer_score(pred: str | None, solution: str, task: str | None = None, mix: 
     if kind == "short":
         return 1.0 if normalize_answer(pred) == normalize_answer(solution) else 0.0
     if kind == "list":
-        return set_f1(_labels(pred), _labels(solution))
+        return set_f1(answer_items(pred, normalize_answer), answer_items(solution, normalize_answer))
     if kind == "box":
         return soft_f1([tuple(b) for b in find_boxes(pred)], [tuple(b) for b in find_boxes(solution)])
     return text_score(pred, solution, mix)

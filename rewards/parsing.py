@@ -1,11 +1,15 @@
-"""Parsing of model completions: the think block, the last \\boxed{} answer, box lists.
+"""Parsing of model completions: the think block, the boxed answer, box lists, answer normalisation
+and the format checks.
 
-One module, used by the rewards, the cold-start filters and the evaluation.
+One module, used by the rewards, the cold-start filters and the evaluation. Where the rewards and the
+evaluation read a completion differently on purpose, both readings live here side by side, each
+with the reason it differs.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -34,6 +38,11 @@ def completion_text(completion) -> str:
     if isinstance(completion, dict):
         return completion_text([completion])
     return str(completion)
+
+
+def strip_think(text: str, sep: str = "") -> str:
+    """``text`` with every complete ``<think>...</think>`` block replaced by ``sep``."""
+    return THINK_RE.sub(sep, text)
 
 
 def think_block(text: str) -> str | None:
@@ -214,3 +223,66 @@ def clear_caches() -> None:
     """Forget parsed completions (the benchmark measures from cold)."""
     parse.cache_clear()
     normalize_paper.cache_clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Answer normalisation: two variants on purpose
+# ---------------------------------------------------------------------------------------------
+# Both lower-case, turn punctuation into spaces, drop the articles and collapse whitespace.
+# ``normalize_answer`` (rewards, cold-start filter) also maps yes/no synonyms ("present",
+# "true", "y" -> "yes"): a right answer in other words should not be trained away.
+# ``eval_normalize`` (evaluation's exact match, token F1, list F1) follows the SQuAD normaliser
+# that published numbers use: no synonyms, and "_" counts as punctuation. Keeping them apart
+# leaves both the trained rewards and the reported metrics unchanged.
+
+ARTICLES = frozenset({"a", "an", "the"})
+SYNONYMS = {
+    **dict.fromkeys(("yes", "y", "true", "present", "positive", "correct"), "yes"),
+    **dict.fromkeys(("no", "n", "false", "absent", "negative", "incorrect"), "no"),
+}
+_PUNCT_RE = re.compile(r"[^\w\s]")
+_EVAL_PUNCT_RE = re.compile(r"[^\w\s]|_")
+
+
+def _content_words(text: str, punct: re.Pattern) -> list[str]:
+    return [w for w in punct.sub(" ", text.lower()).split() if w not in ARTICLES]
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, punctuation to spaces, drop articles, collapse whitespace, map yes/no synonyms."""
+    s = " ".join(_content_words(text, _PUNCT_RE))
+    return SYNONYMS.get(s, s)
+
+
+def eval_normalize(text: str | None) -> str:
+    """Lowercase, punctuation (and "_") to spaces, drop articles, collapse whitespace; None -> ""."""
+    return " ".join(_content_words(text or "", _EVAL_PUNCT_RE))
+
+
+def label_key(label: str) -> str:
+    """A classification label's identity for evaluation: case and spacing only, so per-label tables
+    keep names such as "nodule/mass" apart from "nodule mass"."""
+    return " ".join(label.lower().split())
+
+
+def answer_items(text: str | None, normalise: Callable[[str], str]) -> set[str]:
+    """The non-empty normalised items of a " | "-separated answer (a label list or a list answer)."""
+    return {s for s in map(normalise, (text or "").split("|")) if s}
+
+
+# ---------------------------------------------------------------------------------------------
+# Format checks: three on purpose
+# ---------------------------------------------------------------------------------------------
+# ``rewards.paper.format_score`` is the released reward's regex, kept to reproduce the paper;
+# ``rewards.grounded.format_score`` is the strict training reward (non-empty reasoning, nothing
+# after the answer, no repetition). ``eval_format_ok`` is the evaluation's ``format_rate``: only
+# the structure, so models trained with either reward are measured by one rule.
+
+
+def eval_format_ok(text: str | None) -> bool:
+    """After the released normalisation: one think block at the start, then a balanced \\boxed{} after it."""
+    t = normalize_paper(text or "").strip()
+    if not t.startswith(THINK_OPEN) or t.count(THINK_OPEN) != 1 or t.count(THINK_CLOSE) != 1:
+        return False
+    end = t.index(THINK_CLOSE)
+    return any(start > end for start, _, _ in boxed_spans(t))

@@ -54,12 +54,3 @@ def get_reward_funcs(names) -> list[Callable]:
             f"unknown reward function(s): {', '.join(map(repr, unknown))}; known: {', '.join(reward_names())}"
         )
     return [REWARD_FUNCS[n] for n in names]
-
-
-def get_reward_weights(names) -> list[float]:
-    """Recommended weights for ``names`` from the paper/grounded sets (1.0 for a name in neither)."""
-    if isinstance(names, str):
-        names = [names]
-    get_reward_funcs(names)  # validates
-    table = {**PAPER_SET, **GROUNDED_SET}
-    return [float(table.get(n, 1.0)) for n in names]

@@ -1,10 +1,11 @@
-"""Bad input in a dataset folder (issue #24): an image path that leads out of the folder, a byte that
+"""Bad input in a dataset folder: an image path that leads out of the folder, a byte that
 is not UTF-8, a duplicate id. Each is a bad row naming file:line, the id and the reason, never a
 traceback, and no file a record merely names is ever opened."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,8 @@ def test_training_rows_with_an_image_outside_are_bad_rows(tmp_path, outside, mon
     with pytest.raises(BadRowsError) as stop:
         load_checked_records(data, "train")
     message = str(stop.value)
+    assert message.startswith(f"{len(bad)} bad row(s) in split 'train' of {data / 'records.jsonl'}: ")
+    assert "\n" not in message  # one line: the entry point prints it as it is
     assert f"{data / 'records.jsonl'}:4 (id='r10'): image outside the dataset folder: " in message
     assert all(f"(id='r{10 + k}'): image outside" in message for k in range(len(bad)))
     assert "skip_bad_rows: true" in message
@@ -142,7 +145,7 @@ def test_every_reader_of_record_images_is_confined(tmp_path, outside, monkeypatc
     from evaluation.gallery import render_gallery
     from evaluation.generation import load_images
     from evaluation.review.study import StudyError, _select_records
-    from recipes.grpo import prompt_tokens
+    from training.lengths import prompt_tokens
 
     monkeypatch.delenv(IMAGE_ROOTS_ENV, raising=False)
     data = tmp_path / "data"
@@ -182,7 +185,7 @@ def test_a_line_that_is_not_utf8_is_a_bad_row(tmp_path):
 
     with pytest.raises(RecordError, match=r"records.jsonl:3: not valid UTF-8"):  # every other reader
         read_records(data)
-    with pytest.raises(SystemExit, match=r"records.jsonl:3: not valid UTF-8 .*\nFix or remove that line"):
+    with pytest.raises(SystemExit, match=r"records.jsonl:3: not valid UTF-8 .* Fix or remove that line"):
         coldstart.main(["--data", str(data), "--out", str(tmp_path / "out"), "--teacher", "offline"])
     broken: list = []
     assert [n for n, _ in iter_jsonl(data / "records.jsonl", broken)] == [1, 2, 4]
@@ -192,7 +195,7 @@ def test_a_line_that_is_not_utf8_is_a_bad_row(tmp_path):
 # ---------------------------------------------------------------- duplicate ids
 
 
-def test_duplicate_ids_are_bad_rows(tmp_path, capsys):
+def test_duplicate_ids_are_bad_rows(tmp_path, caplog):
     data = tmp_path / "data"
     recs = make_dataset(data, 3)
     dup = {**record(5, "images/2.png"), "id": "r1"}  # another record under an id line 2 already holds
@@ -203,9 +206,9 @@ def test_duplicate_ids_are_bad_rows(tmp_path, capsys):
         load_checked_records(data, "train")
     assert f"{data / 'records.jsonl'}:4 (id='r1'): duplicate id, first at line 2" in str(stop.value)
 
-    good = load_checked_records(data, "train", skip_bad_rows=True)
+    with caplog.at_level(logging.WARNING, logger="data_prep.trl_dataset"):
+        good = load_checked_records(data, "train", skip_bad_rows=True)
     assert [(r["id"], r["question"]) for r in good] == [(r["id"], r["question"]) for r in recs]
-    printed = capsys.readouterr().out
-    assert "skipped 1 bad row(s)" in printed and "{'duplicate id': 1}" in printed
+    assert "skipped 1 bad row(s)" in caplog.text and "{'duplicate id': 1}" in caplog.text
     with pytest.raises(BadRowsError, match=r"records.jsonl:5 \(id='r0'\): duplicate id, first at line 1"):
         load_checked_records(data, "validation")

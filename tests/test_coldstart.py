@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import subprocess
@@ -20,7 +21,7 @@ from data_prep.frame import write_frame
 from data_prep.io import read_records, resolve_image, write_jsonl
 from data_prep.schema import make_record
 from data_prep.synthesis import coldstart
-from data_prep.synthesis.teacher import backoff_delay, is_local_url, retry_after_seconds
+from data_prep.synthesis.teacher import is_local_url, malformed_retry_wait
 from rewards.parsing import format_box
 from tests.openai_stub_server import Raw, Stall, Status, StubServer
 
@@ -75,10 +76,10 @@ def good(req, stub):
 
 
 def run(data: Path, out: Path, url: str, *extra: str) -> int:
-    args = ["--data", str(data), "--out", str(out), "--teacher", "openai", "--base-url", url]
+    args = ["--data", str(data), "--out", str(out), "--teacher", "openai", "--base_url", url]
     if "--model" not in extra:
         args += ["--model", "stub-teacher"]
-    return coldstart.main([*args, "--backoff-base", "0.01", "--backoff-max", "0.05", *extra])
+    return coldstart.main([*args, *extra])
 
 
 def lines(path: Path) -> list[dict]:
@@ -98,7 +99,7 @@ def test_normal_run_writes_a_dataset_and_a_rerun_sends_nothing(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     records = make_dataset(data, 6)
     with StubServer(good, api_key="sk-test") as stub:
-        rc = run(data, out, stub.base_url, "--concurrency", "3", "--price-in", "2", "--price-out", "8")
+        rc = run(data, out, stub.base_url, "--concurrency", "3", "--price_in", "2", "--price_out", "8")
         assert rc == 0
         assert stub.problems == []  # every request carried a decodable image data URL
         assert len(stub.requests) == 6
@@ -137,7 +138,7 @@ def test_429_500_and_timeouts_are_retried_honouring_retry_after(tmp_path):
     make_dataset(data, 3)
     script = {
         0: [Stall(3.0)],
-        1: [Status(429, headers={"Retry-After": "0.3"}), Status(500)],
+        1: [Status(429, headers={"Retry-After": "1.2"}), Status(500)],
         2: [Status(503)],
     }
 
@@ -148,13 +149,10 @@ def test_429_500_and_timeouts_are_retried_honouring_retry_after(tmp_path):
     with StubServer(respond) as stub:
         assert run(data, out, stub.base_url, "--timeout", "0.5") == 0
         assert len(lines(out / "records.jsonl")) == 3
-        assert [len(stub.requests_for(f"Case {i}:")) for i in range(3)] == [
-            2,
-            3,
-            2,
-        ]  # no hidden client retries
+        # one retry per failure (the openai client's), each visible to the server
+        assert [len(stub.requests_for(f"Case {i}:")) for i in range(3)] == [2, 3, 2]
         first, second = stub.requests_for("Case 1:")[:2]
-        assert second.time - first.time >= 0.29  # Retry-After honoured (backoff alone is <= 0.05 s)
+        assert second.time - first.time >= 1.15  # Retry-After honoured (a first backoff alone is <= 0.5 s)
         usage = ledger(out)["teacher_usage"]
         assert usage["retries"] == 4
         assert usage["retries after HTTP 429"] == 1 and usage["retries after timeout"] == 1
@@ -164,7 +162,7 @@ def test_requests_that_keep_failing_are_not_rejects_and_a_rerun_retries_them(tmp
     data, out = tmp_path / "data", tmp_path / "out"
     make_dataset(data, 4)
     with StubServer(lambda req, stub: Status(502, "bad gateway")) as stub:
-        assert run(data, out, stub.base_url, "--limit", "2", "--max-retries", "1") == 1
+        assert run(data, out, stub.base_url, "--limit", "2", "--max_retries", "1") == 1
         assert len(stub.requests) == 4  # 2 records x (1 try + 1 retry)
     led = ledger(out)
     assert (led["read"], led["failed"], led["failed_by_reason"]) == (2, 2, {"HTTP 502": 2})
@@ -174,14 +172,10 @@ def test_requests_that_keep_failing_are_not_rejects_and_a_rerun_retries_them(tmp
     assert [r["id"] for r in lines(out / "records.jsonl")] == ["case-0", "case-1"]
 
 
-def test_retry_helpers():
-    assert retry_after_seconds({"retry-after": "2"}) == 2.0
-    assert retry_after_seconds({"retry-after-ms": "250"}) == 0.25
-    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # in the past
-    assert retry_after_seconds({}) is None
-    for attempt in range(6):
-        assert 0.5 * min(4.0, 2**attempt) <= backoff_delay(attempt, 1.0, 4.0) <= min(4.0, 2**attempt)
-    assert backoff_delay(0, 0.01, 0.05, retry_after=1.5) >= 1.5
+def test_malformed_reply_backoff_doubles_up_to_8_seconds_with_jitter():
+    for retry in range(8):
+        wait = min(8.0, 0.5 * 2**retry)
+        assert 0.75 * wait <= malformed_retry_wait(retry) <= wait
 
 
 @pytest.mark.parametrize(
@@ -193,7 +187,7 @@ def test_auth_errors_stop_the_run_naming_the_key_variable(tmp_path, monkeypatch,
     monkeypatch.setenv("STUB_KEY", "sk-wrong")
     with StubServer(lambda req, stub: Status(status, "Incorrect API key provided.")) as stub:
         with pytest.raises(SystemExit) as stop:
-            run(data, out, stub.base_url, "--api-key-env", "STUB_KEY", "--concurrency", "1")
+            run(data, out, stub.base_url, "--api_key_env", "STUB_KEY", "--concurrency", "1")
         assert len(stub.requests) == 1  # nothing more is sent after the first refusal
     message = str(stop.value.code)
     assert all(w in message for w in words), message
@@ -267,7 +261,7 @@ def test_judge_rejects_boxes_that_do_not_show_the_claim(tmp_path):
         return good_reply(i)
 
     with StubServer(respond) as stub:
-        args = ("--judge-base-url", stub.base_url, "--judge-model", "stub-judge")
+        args = ("--judge_base_url", stub.base_url, "--judge_model", "stub-judge")
         assert run(data, out, stub.base_url, *args) == 0
         assert stub.problems == []
     assert seen and all(px == (255, 0, 0) for px in seen)  # the judge saw the box drawn in red
@@ -299,7 +293,7 @@ def test_a_killed_run_resumes_without_duplicates_or_losses(tmp_path):
         cmd += [
             "--teacher",
             "openai",
-            "--base-url",
+            "--base_url",
             stub.base_url,
             "--model",
             "stub-teacher",
@@ -335,26 +329,27 @@ def test_a_killed_run_resumes_without_duplicates_or_losses(tmp_path):
     ]
 
 
-def test_credentialed_data_is_not_sent_to_a_remote_endpoint(tmp_path, capsys):
+def test_credentialed_data_is_not_sent_to_a_remote_endpoint(tmp_path, caplog):
     data, out = tmp_path / "data", tmp_path / "out"
     make_dataset(data, 2, source="mimic-cxr")
     with pytest.raises(SystemExit) as refused:
         run(data, out, REMOTE)
     message = str(refused.value.code)
-    for words in ("PhysioNet", "retain", "human review", "zero", "vllm serve", "http://localhost:8000/v1",
-                  "--allow-remote-credentialed", "mimic-cxr: 2"):  # fmt: skip
+    for words in ("coldstart: Refusing", "PhysioNet", "retain", "human review", "zero", "vllm serve",
+                  "http://localhost:8000/v1", "--allow_remote_credentialed", "mimic-cxr: 2"):  # fmt: skip
         assert words in message, words
     assert not (out / "coldstart.jsonl").exists()
 
     # with the acknowledgement it goes ahead (a dry run here: nothing is sent anywhere)
-    capsys.readouterr()
-    assert run(data, out, REMOTE, "--allow-remote-credentialed", "--dry-run") == 0
-    captured = capsys.readouterr()
-    assert "WARNING" in captured.err and "Refusing" not in captured.err
+    caplog.clear()
+    assert run(data, out, REMOTE, "--allow_remote_credentialed", "--dry_run") == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("credentialed record(s) to the remote teacher endpoint" in w for w in warnings), warnings
+    assert "Refusing" not in caplog.text
 
     # a remote judge is refused too, even with a local teacher
     with StubServer(good) as stub, pytest.raises(SystemExit) as refused:
-        run(data, out, stub.base_url, "--judge-base-url", REMOTE, "--judge-model", "j")
+        run(data, out, stub.base_url, "--judge_base_url", REMOTE, "--judge_model", "j")
     assert "judge endpoint" in str(refused.value.code) and not stub.requests
 
     # a local server is fine without any flag
@@ -384,7 +379,7 @@ def test_dry_run_prints_the_request_and_sends_nothing(tmp_path, capsys):
     data, out = tmp_path / "data", tmp_path / "out"
     make_dataset(data, 2)
     with StubServer(good) as stub:
-        assert run(data, out, stub.base_url, "--dry-run") == 0
+        assert run(data, out, stub.base_url, "--dry_run") == 0
         assert stub.requests == []
     request = json.loads(capsys.readouterr().out)
     assert request["model"] == "stub-teacher" and request["base_url"] == stub.base_url
@@ -402,14 +397,14 @@ def test_azure_openai_route_and_key_header(tmp_path, monkeypatch):
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "az-key")
     with StubServer(good, api_key="az-key") as stub:
         root = stub.base_url.removesuffix("/v1")
-        assert run(data, out, root, "--azure-api-version", "2024-10-21", "--model", "my-gpt41") == 0
+        assert run(data, out, root, "--azure_api_version", "2024-10-21", "--model", "my-gpt41") == 0
         (req,) = stub.requests
     assert req.path == "/openai/deployments/my-gpt41/chat/completions?api-version=2024-10-21"
     assert req.headers["api-key"] == "az-key"
     assert len(lines(out / "records.jsonl")) == 1
 
 
-# ---------------------------------------------------------------- bad input (issue #24)
+# ---------------------------------------------------------------- bad input
 
 SECRET = b"SECRET-MARKER-7f3a9c do not send: root:x:0:0:root:/root:/bin/bash\n"
 
@@ -438,7 +433,7 @@ def test_a_record_naming_a_file_outside_the_dataset_is_rejected_unread(tmp_path,
     write_jsonl(data / "records.jsonl", [{**r, "image": escapes.get(r["id"], r["image"])} for r in records])
 
     with StubServer(good) as stub:
-        assert run(data, out, stub.base_url, "--max-retries", "0") == 0
+        assert run(data, out, stub.base_url, "--max_retries", "0") == 0
         assert [case_of(r) for r in stub.requests] == [0]  # only the honest record was sent
         assert all(never_sent(r.raw, secret.read_bytes()) for r in stub.requests)
         assert stub.problems == []
@@ -481,7 +476,7 @@ def test_malformed_replies_are_failed_requests_retried_and_listed(tmp_path):
         return good_reply(i)
 
     with StubServer(respond) as stub:
-        assert run(data, out, stub.base_url, "--max-retries", "1", "--concurrency", "2") == 1
+        assert run(data, out, stub.base_url, "--max_retries", "1", "--concurrency", "2") == 1
         assert [len(stub.requests_for(f"Case {i}:")) for i in range(7)] == [1, 2, 2, 2, 2, 2, 1]
     led = ledger(out)
     assert (led["read"], led["written"], led["rejected"], led["failed"]) == (7, 3, 0, 4)

@@ -53,7 +53,7 @@ def test_survey_reads_the_whole_study_then_answers(tmp_path):
     presence question ends with whether it was seen."""
     data, out = tmp_path / "phantom", tmp_path / "coldstart"
     phantom.generate(12, data, seed=3, size=112, progress=False)
-    argv = ["--data", str(data), "--out", str(out), "--teacher", "offline", "--offline-style", "survey"]
+    argv = ["--data", str(data), "--out", str(out), "--teacher", "offline", "--offline_style", "survey"]
     assert coldstart.main(argv) == 0
     records = read_records(data, "train")
     kept = {r["id"]: r for r in read_records(out, "train")}
@@ -111,13 +111,13 @@ def test_survey_falls_back_for_records_without_findings():
 
 
 def test_unboxed_findings_are_named_without_a_box_unless_asked(tmp_path):
-    """--offline-unboxed: the listed findings lose their box at the given rate, per study (every
+    """--offline_unboxed: the listed findings lose their box at the given rate, per study (every
     question about a study reads the same), never when the question is about them; other findings,
     answers and the records' boxes are untouched; the ledger records the setting."""
     data, out = tmp_path / "phantom", tmp_path / "coldstart"
     phantom.generate(40, data, seed=4, size=112, progress=False)
-    argv = ["--data", str(data), "--out", str(out), "--teacher", "offline", "--offline-style", "survey"]
-    assert coldstart.main(argv + ["--offline-unboxed", "cardiomegaly=0.5"]) == 0
+    argv = ["--data", str(data), "--out", str(out), "--teacher", "offline", "--offline_style", "survey"]
+    assert coldstart.main(argv + ["--offline_unboxed", "cardiomegaly=0.5"]) == 0
     assert json.loads((out / "ledger.json").read_text())["offline_unboxed"] == {"cardiomegaly": 0.5}
     kept = {r["id"]: r for r in read_records(out, "train")}
     per_study, asked = {}, 0
@@ -170,5 +170,5 @@ def test_unboxed_spec_errors_name_the_item(spec):
 def test_unboxed_needs_the_survey_style(tmp_path, capsys):
     argv = ["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--teacher", "offline"]
     with pytest.raises(SystemExit):
-        coldstart.parse_args(argv + ["--offline-unboxed", "cardiomegaly=0.5"])
+        coldstart.parse_args(argv + ["--offline_unboxed", "cardiomegaly=0.5"])
     assert "applies to the offline teacher's survey style" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from rewards.parsing import format_box
 from tests.test_images import make_dicom
 
 TXV = Path(importlib.util.find_spec("torchxrayvision").origin).parent / "data"
-ARGS = ["--workers", "1", "--no-progress"]
+ARGS = ["--workers", "1", "--no_progress"]
 
 
 def frame_of(w, h):
@@ -235,7 +235,7 @@ def test_ms_cxr(tmp_path):
         (mimic / p).parent.mkdir(parents=True, exist_ok=True)
         Image.new("L", size, 80).save(mimic / p)
     out = tmp_path / "out"
-    led = main(ms_cxr, ["--root", str(root), "--mimic-root", str(mimic), "--out", str(out), *ARGS])
+    led = main(ms_cxr, ["--root", str(root), "--mimic_root", str(mimic), "--out", str(out), *ARGS])
     recs = read_records(out)
     assert dict(led.rejected) == {"box outside image": 1, "empty phrase": 1}
     fw, fh = frame_of(1000, 1200)

@@ -48,7 +48,7 @@ def chexpert_root(tmp_path_factory):
 
 def test_chexpert(chexpert_root, tmp_path):
     led = main(
-        chexpert, ["--root", str(chexpert_root), "--out", str(tmp_path), "--workers", "1", "--no-progress"]
+        chexpert, ["--root", str(chexpert_root), "--out", str(tmp_path), "--workers", "1", "--no_progress"]
     )
     recs = read_records(tmp_path)
     rows = list(csv.DictReader(open(chexpert_root / "CheXpert-v1.0-small" / "train.csv")))
@@ -165,7 +165,7 @@ def test_chexpert_plus(tmp_path):
     for r in rows[:4]:
         _jpg((root / "PNG" / r[0]).with_suffix(".png"))  # the PNG release layout
     out = tmp_path / "out"
-    led = main(chexpert_plus, ["--root", str(root), "--out", str(out), "--workers", "1", "--no-progress"])
+    led = main(chexpert_plus, ["--root", str(root), "--out", str(out), "--workers", "1", "--no_progress"])
     recs = {r["id"]: r for r in read_records(out)}
     assert set(recs) == {
         "chexpert-plus/patient00001/study1/findings",
@@ -185,7 +185,7 @@ def test_a_csv_without_a_column_is_one_line_naming_file_and_columns(chexpert_roo
     shutil.copytree(chexpert_root, root, symlinks=True)
     train = root / "CheXpert-v1.0-small" / "train.csv"
     train.write_text(train.read_text().replace("Frontal/Lateral", "View", 1))
-    args = ["--root", str(root), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"]
+    args = ["--root", str(root), "--out", str(tmp_path / "out"), "--workers", "1", "--no_progress"]
     with pytest.raises(SystemExit) as e:
         main(chexpert, args)
     message = str(e.value.code)
@@ -196,4 +196,4 @@ def test_a_csv_without_a_column_is_one_line_naming_file_and_columns(chexpert_roo
     assert "Traceback" in run_module("data_prep.converters.chexpert", *args, "--debug", check=False).stderr
     (root / "empty").mkdir()
     with pytest.raises(SystemExit, match=r"^chexpert: none of train.csv \(or .gz/.zip\) found under"):
-        main(chexpert, ["--root", str(root / "empty"), "--out", str(tmp_path / "o2"), "--no-progress"])
+        main(chexpert, ["--root", str(root / "empty"), "--out", str(tmp_path / "o2"), "--no_progress"])

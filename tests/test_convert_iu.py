@@ -35,7 +35,7 @@ def test_iu_xray_from_the_real_archive(tmp_path):
     out = tmp_path / "out"
     led = main(
         iu_xray,
-        ["--root", str(root), "--out", str(out), "--workers", "1", "--no-progress", "--limit", str(LIMIT)],
+        ["--root", str(root), "--out", str(out), "--workers", "1", "--no_progress", "--limit", str(LIMIT)],
     )
     recs = read_records(out)
     assert led.rejected["missing image"] == 1

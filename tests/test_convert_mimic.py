@@ -80,7 +80,7 @@ def converted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mimic")
     tree = make_mimic_tree(tmp / "root", 48, bad_every=20)
     ledger = main(
-        mimic_cxr, ["--root", str(tmp / "root"), "--out", str(tmp / "out"), "--workers", "1", "--no-progress"]
+        mimic_cxr, ["--root", str(tmp / "root"), "--out", str(tmp / "out"), "--workers", "1", "--no_progress"]
     )
     return tmp, tree, ledger
 
@@ -153,7 +153,7 @@ def test_labels_become_classification_and_presence(converted):
 def test_rerun_uses_the_cache(converted):
     tmp, _, first = converted
     again = main(
-        mimic_cxr, ["--root", str(tmp / "root"), "--out", str(tmp / "out"), "--workers", "2", "--no-progress"]
+        mimic_cxr, ["--root", str(tmp / "root"), "--out", str(tmp / "out"), "--workers", "2", "--no_progress"]
     )
     assert again.extra["images"] == {"cached": first.extra["images"]["converted"]}
     assert again.written == first.written
@@ -170,7 +170,7 @@ def test_uncertain_policy_and_split_names(tmp_path):
             str(tmp_path / "o"),
             "--workers",
             "1",
-            "--no-progress",
+            "--no_progress",
             "--uncertain",
             "positive",
         ],
@@ -190,7 +190,7 @@ def test_frontal_plus_lateral_views(converted):
     out = tmp / "views"
     ledger = main(
         mimic_cxr,
-        ["--root", str(tmp / "root"), "--out", str(out), "--workers", "1", "--no-progress", "--views",
+        ["--root", str(tmp / "root"), "--out", str(out), "--workers", "1", "--no_progress", "--views",
          "frontal+lateral"],
     )  # fmt: skip
     recs = read_records(out)

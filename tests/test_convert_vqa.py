@@ -11,7 +11,7 @@ from data_prep.converters import medical_diff_vqa, mimic_cxr_vqa
 from data_prep.converters.common import main
 from data_prep.io import read_records
 
-ARGS = ["--workers", "1", "--no-progress"]
+ARGS = ["--workers", "1", "--no_progress"]
 D1, D2, D3 = ("1" * 8 + "-" + "2" * 8), ("3" * 8 + "-" + "4" * 8), ("5" * 8 + "-" + "6" * 8)
 
 
@@ -58,7 +58,7 @@ def test_mimic_cxr_vqa(tmp_path):
     (root / "dataset" / "train.json").write_text(json.dumps(train))
     (root / "dataset" / "test.json").write_text(json.dumps(test))
     out = tmp_path / "out"
-    led = main(mimic_cxr_vqa, ["--root", str(root), "--mimic-root", str(mimic), "--out", str(out), *ARGS])
+    led = main(mimic_cxr_vqa, ["--root", str(root), "--mimic_root", str(mimic), "--out", str(out), *ARGS])
     recs = {r["id"]: r for r in read_records(out)}
     assert led.read == 5 and dict(led.rejected) == {"missing field": 1}
     assert recs["mimic-cxr-vqa/1/train"]["answer"] == "atelectasis | edema"
@@ -99,12 +99,12 @@ def test_medical_diff_vqa(tmp_path):
         )
         w.writerow(["11000001", "51000001", D3, "antero-posterior", "val"])
     out = tmp_path / "out"
-    led = main(medical_diff_vqa, ["--root", str(root), "--mimic-root", str(mimic), "--out", str(out), *ARGS])
+    led = main(medical_diff_vqa, ["--root", str(root), "--mimic_root", str(mimic), "--out", str(out), *ARGS])
     recs = read_records(out)
     by_q = {r["question"]: r for r in recs}
     assert led.read == 6
     assert dict(led.rejected) == {"study without image": 1, "incomplete row": 1}
-    assert led.extra["skipped"] == {"difference question (two images; --include-difference keeps it)": 1}
+    assert led.extra["skipped"] == {"difference question (two images; --include_difference keeps it)": 1}
     assert by_q["what abnormalities are seen in this image?"]["answer"] == "pleural effusion | atelectasis"
     assert by_q["what abnormalities are seen in this image?"]["meta"]["dicom_id"] == D1  # PA over lateral
     assert by_q["where is the pneumothorax?"]["split"] == "validation"
@@ -112,7 +112,7 @@ def test_medical_diff_vqa(tmp_path):
     out2 = tmp_path / "out2"
     main(
         medical_diff_vqa,
-        ["--root", str(root), "--mimic-root", str(mimic), "--out", str(out2), *ARGS, "--include-difference"],
+        ["--root", str(root), "--mimic_root", str(mimic), "--out", str(out2), *ARGS, "--include_difference"],
     )
     diff = [r for r in read_records(out2) if r["meta"]["question_type"] == "difference"]
     assert len(diff) == 1 and diff[0]["meta"]["ref_study_id"] == "51000001"

@@ -147,7 +147,7 @@ def test_reward_study_trains_with_each_reward_set(tmp_path, monkeypatch, mode):
 
     monkeypatch.setattr(demo_seeds.subprocess, "run", fake_run)  # run_logged
     reward_study.train(mode, 3, tmp_path / "cs", tmp_path / "data", tmp_path / "out", 7)
-    with pytest.raises(SystemExit, match="out2.log"):  # a failed run names its log
+    with pytest.raises(demo.DemoError, match="out2.log"):  # a failed run names its log
         reward_study.train(mode, 3, tmp_path / "cs", tmp_path / "data", tmp_path / "out2", 7)
     cmd = calls[0]
     if mode == "paper":
@@ -194,8 +194,25 @@ def test_together_stops_every_chain_when_a_job_fails(tmp_path):
         [job("slow", "import time; time.sleep(60)"), job("never", "pass")],
     ]
     t0 = time.time()
-    with pytest.raises(SystemExit, match=r"exit 4.*\n.*bad\.log"):
+    with pytest.raises(demo.DemoError, match=r"exit 4.*\n.*bad\.log"):
         demo.together(chains, tmp_path / "logs", {})
     assert time.time() - t0 < 30  # the side job was killed, not waited for
     assert "boom" in (tmp_path / "logs" / "bad.log").read_text()
     assert not (tmp_path / "logs" / "never.log").exists() and not demo.LIVE
+
+
+def test_schedule_runs_each_stage_once_and_stops_where_asked(tmp_path):
+    def names(plan):
+        return [job.name for step in demo.schedule(plan) for chain in step for job in chain]
+
+    short = demo.Plan(demo.parse_args(["--out", str(tmp_path), "--stop_after", "coldstart"]))
+    assert names(short) == ["phantom", "tiny-model", "sft", "coldstart-data", "coldstart"]
+    full = demo.Plan(demo.parse_args(["--out", str(tmp_path), "--seed", "2"]))
+    evals = [f"eval-{n}" for n in demo.RUNS]
+    assert sorted(names(full)) == sorted([s for s in demo.STAGES if s != "eval"] + evals)
+    grpo = next(j for step in demo.schedule(full) for chain in step for j in chain if j.name == "grpo")
+    cmd = " ".join(grpo.cmd)  # seed N trains into OUT/demo-seedN from that seed's cold start
+    assert f"--output_dir {tmp_path}/demo-seed2/grpo" in cmd and "--seed 2" in cmd
+    assert (
+        f"--model_name_or_path {tmp_path}/demo-seed2/coldstart" in cmd and grpo.threads == full.args.threads
+    )

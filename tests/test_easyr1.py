@@ -221,7 +221,7 @@ def test_a_broken_json_line_is_a_bad_row(phantom_dir, tiny_dir, tmp_path):
     assert len(good) == len(load_checked_records(phantom_dir, "train"))
 
     proc = run_module(
-        "recipes.sft", "--config", "recipes/demo/sft.yaml", "--dataset_path", data, "--model_name_or_path", tiny_dir,
+        "recipes.sft", "--config", "recipes/demo/sft.yaml", "--dataset_name", data, "--model_name_or_path", tiny_dir,
         "--output_dir", tmp_path / "o", "--max_steps", "1", check=False,
     )  # fmt: skip
     assert proc.returncode != 0
@@ -231,14 +231,14 @@ def test_a_broken_json_line_is_a_bad_row(phantom_dir, tiny_dir, tmp_path):
 
 def test_a_missing_model_folder_is_a_clear_error(phantom_dir, tmp_path):
     proc = run_module(
-        "recipes.sft", "--config", "recipes/demo/sft.yaml", "--dataset_path", phantom_dir,
+        "recipes.sft", "--config", "recipes/demo/sft.yaml", "--dataset_name", phantom_dir,
         "--model_name_or_path", tmp_path / "no-such-model", "--output_dir", tmp_path / "o", check=False,
     )  # fmt: skip
     assert proc.returncode != 0 and "cannot read the model config of" in proc.stderr
     assert "make tiny-model" in proc.stderr and "Traceback" not in proc.stderr
 
 
-# ---------------------------------------------------------------- stored image names (#24)
+# ---------------------------------------------------------------- stored image names
 
 FRAME = {"min_pixels": 3136, "max_pixels": 56 * 56}
 

@@ -177,7 +177,7 @@ def test_parquet_with_embedded_images_and_no_frame(tmp_path):
     assert not (out / "frame.json").exists()
 
 
-def test_csv_constant_task_and_cli(tmp_path, capsys):
+def test_csv_constant_task_and_cli(tmp_path, caplog):
     root = tmp_path / "bench"
     png(root / "img.png", size=(224, 224))
     (root / "rows.csv").write_text("question,answer,image\nWhat is seen?,normal chest,img.png\n,x,img.png\n")
@@ -187,7 +187,7 @@ def test_csv_constant_task_and_cli(tmp_path, capsys):
         "task: {constant: report_impression}\nframe: {min_pixels: 3136, max_pixels: 50176}\n"
     )
     main(["--config", str(cfg), "--input", str(root / "rows.csv"), "--out", str(tmp_path / "o")])
-    assert "read 2, written 1, rejected 1" in capsys.readouterr().out
+    assert "read 2, written 1, rejected 1" in caplog.text  # the ledger's summary
     (rec,) = read_records(tmp_path / "o")
     assert rec["id"] == "mini-000001" and rec["task"] == "report_impression" and rec["source"] == "mini"
 

@@ -49,7 +49,6 @@ def test_extract_answer_last_boxed_and_fallback():
 
 
 def test_normalisation_exact_match_and_token_f1():
-    assert M.normalize_text("  The Right-Upper  lung. ") == "right upper lung"
     assert M.exact_match("Yes.", "yes") == 1.0
     assert M.exact_match("yes, there is", "yes") == 0.0
     # pred: "right upper zone" vs gold "right upper lung zone": common 3, P = 1, R = 3/4
@@ -115,25 +114,8 @@ def test_classification_all_empty_predictions():
     assert s["micro_f1"] == 0.0 and s["macro_f1"] == 0.0 and s["micro_precision"] == 0.0
 
 
-# ----------------------------------------------------------------------------- boxes
-
-
-@pytest.mark.parametrize(
-    "a, b, iou",
-    [
-        ([0, 0, 10, 10], [0, 0, 10, 10], 1.0),
-        ([0, 0, 10, 10], [20, 20, 30, 30], 0.0),  # disjoint
-        ([0, 0, 10, 10], [10, 0, 20, 10], 0.0),  # touching edges
-        ([0, 0, 10, 10], [5, 0, 15, 10], 1 / 3),  # half overlap: 50 / 150
-        ([0, 0, 10, 10], [0, 0, 5, 5], 0.25),  # contained
-        ([5, 5, 5, 10], [0, 0, 10, 10], 0.0),  # zero width
-        ([10, 10, 0, 0], [0, 0, 10, 10], 0.0),  # inverted box has no area
-        ([5, 5, 5, 5], [5, 5, 5, 5], 0.0),  # two points: union 0
-    ],
-)
-def test_box_iou_edge_cases(a, b, iou):
-    assert M.box_iou(a, b) == pytest.approx(iou)
-    assert M.box_iou(b, a) == pytest.approx(iou)
+# ----------------------------------------------------------------------------- grounding
+# (IoU and matching: tests/test_rewards_boxes.py)
 
 
 def grounding(answers, gts, labels=None):
@@ -181,20 +163,16 @@ def test_map_from_rows_absent_class_is_ignored():
 
 
 # ----------------------------------------------------------------------------- reasoning
+# (the format checks themselves: tests/test_rewards_parsing.py)
 
 
-def test_format_rules():
-    good = "<think> heart [1, 2, 3, 4] </think>. The answer is: \\boxed{yes}"
-    assert M.format_ok(good) and M.paper_format_ok(good)
-    assert M.format_ok(" < think > x </ think > \\boxed{y}")  # the released normalisation
-    assert not M.format_ok("no think at all \\boxed{y}")
-    two = "<think> a </think> <think> b </think> \\boxed{y}"
-    assert not M.format_ok(two) and M.paper_format_ok(two)  # ours asks for exactly one block
-    assert not M.format_ok("<think> \\boxed{y} </think>") and not M.paper_format_ok(
-        "<think> \\boxed{y} </think>"
-    )
-    assert not M.format_ok("text first <think> a </think> \\boxed{y}")
-    assert not M.format_ok("")
+def test_reasoning_sample_reads_both_format_rules():
+    r = rec(1, "vqa", "yes")
+    two = M.reasoning_sample("<think> a </think> <think> b </think> \\boxed{y}", r)
+    assert two["format"] is False and two["paper_format"] is True  # ours asks for exactly one block
+    spaced = M.reasoning_sample(" < think > x </ think > \\boxed{y}", r)
+    assert spaced["format"] is True and spaced["paper_format"] is True  # the released normalisation
+    assert M.reasoning_sample(None, r)["format"] is False
 
 
 def test_reasoning_boxes_validity_and_cited_iou():

@@ -69,11 +69,11 @@ def perfect_run(base_run, phantom, tmp_path_factory):
             str(out),
             "--limit",
             "10",
-            "--metrics-only",
+            "--metrics_only",
             "--name",
             "oracle",
-            "--no-meteor",
-            "--no-model-metrics",
+            "--no_meteor",
+            "--no_model_metrics",
             "--bootstrap",
             "50",
             "--gallery",
@@ -133,13 +133,57 @@ def test_resume_generates_only_missing_ids(base_run, tiny_model, phantom, tmp_pa
 
 def test_rerun_with_other_settings_refuses(base_run, tiny_model, phantom):
     out, _ = base_run
-    with pytest.raises(SystemExit, match="max_new_tokens"):
+    with pytest.raises(run.RunError, match="max_new_tokens"):
         run.evaluate(tiny_model, phantom, str(out), limit=10, **{**FAST, "max_new_tokens": 99})
+    # the command exits with that one line, no traceback
+    args = [
+        "--model",
+        tiny_model,
+        "--data",
+        phantom,
+        "--out",
+        str(out),
+        "--limit",
+        "10",
+        "--max_new_tokens",
+        "99",
+    ]
+    with pytest.raises(
+        SystemExit, match=r"^evaluation.run: \S+ holds predictions made with other settings \("
+    ) as e:
+        run.main(args)
+    assert "\n" not in str(e.value)
+
+
+def test_options_mirror_the_flags():
+    """Every flag but --model/--data/--out lands in the EvalOptions field of its name."""
+    args = run.build_parser().parse_args(
+        [
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--bootstrap",
+            "7",
+            "--family",
+            "qwen3-vl",
+            "--no_meteor",
+            "--no_reasoning",
+        ]
+    )
+    opts = run.options_from_args(args)
+    assert (opts.n_boot, opts.family_name, opts.meteor, opts.reasoning) == (7, "qwen3-vl", False, False)
+    assert (
+        run.options_from_args(run.build_parser().parse_args(["--data", "d", "--out", "o"]))
+        == run.EvalOptions()
+    )
+    with pytest.raises(TypeError, match="no_such_option"):
+        run.evaluate(None, "d", "o", no_such_option=1)
 
 
 def test_vllm_backend_without_vllm_says_so(phantom, tiny_model, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "vllm", None)
-    with pytest.raises(SystemExit, match="needs vLLM"):
+    with pytest.raises(generation.BackendUnavailableError, match="needs vLLM"):
         run.evaluate(tiny_model, phantom, str(tmp_path / "v"), limit=2, backend="vllm", **FAST)
 
 
@@ -271,11 +315,14 @@ def test_cli_help_mentions_every_option():
         "--split",
         "--out",
         "--limit",
-        "--batch-size",
+        "--batch_size",
         "--backend",
         "--reasoning",
-        "--no-reasoning",
-        "--max-new-tokens",
+        "--no_reasoning",
+        "--max_new_tokens",
+        "--metrics_only",
+        "--no_meteor",
+        "--no_model_metrics",
         "--name",
     ):
         assert opt in out

@@ -9,20 +9,23 @@ from PIL import Image
 
 from data_prep.families import (
     FAMILIES,
+    FamilyError,
     FamilyMismatch,
     check_family,
     convert_box_text,
     from_convention,
+    get_family,
     in_convention,
+    model_family,
     to_convention,
 )
-from data_prep.frame import smart_resize
+from data_prep.frame import FrameMismatch, check_processor_frame, smart_resize, write_frame
 from data_prep.phantom import generate
 from data_prep.prompts import REASONING_INSTRUCTION, RELATIVE_REASONING_INSTRUCTION, question_text
 from data_prep.trl_dataset import grpo_dataset, sft_dataset
 from evaluation.scoring import grounded_rewards
-from recipes.grpo import check_reward_family
 from rewards import get_reward_funcs
+from training.grpo_checks import check_reward_family
 
 Q25, Q3 = FAMILIES["qwen2.5-vl"], FAMILIES["qwen3-vl"]
 W = H = 160  # a Qwen3-VL frame (multiple of 32); pixel boxes in multiples of 16 are exact 0-1000 numbers
@@ -120,6 +123,37 @@ def test_mismatches_stop_naming_both(tiny_dir, phantom_dir, tmp_path):
         check_family(tiny_dir, q3_data)
     with pytest.raises(ValueError, match="multiple of 32"):
         generate(2, tmp_path / "bad", size=112, progress=False, family="qwen3-vl")
+
+
+def test_unknown_families_and_models_are_one_line_errors(tmp_path):
+    with pytest.raises(FamilyError, match=r"unknown model family 'qwen9' \(known: qwen2\.5-vl, qwen3-vl\)"):
+        get_family("qwen9")
+    with pytest.raises(FamilyError) as e:
+        model_family(tmp_path / "no-such-model")
+    assert str(e.value).startswith(f"cannot read the model config of {tmp_path / 'no-such-model'}: ")
+    assert "\n" not in str(e.value) and "`make tiny-model`" in str(e.value)
+
+
+def test_a_processor_that_would_resize_again_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    def processor(min_pixels, max_pixels, patch_size=14):
+        return SimpleNamespace(
+            size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+            patch_size=patch_size,
+            merge_size=2,
+        )
+
+    write_frame(tmp_path, 3136, 12544)
+    check_processor_frame(tmp_path, processor(3136, 12544))  # the data's frame: nothing to say
+    with pytest.raises(
+        FrameMismatch, match=r"prepared for min_pixels=3136, max_pixels=12544, but the processor"
+    ):
+        check_processor_frame(tmp_path, processor(3136, 50176))
+    with pytest.raises(
+        FrameMismatch, match=r"multiples of 28 \(qwen2\.5-vl\), but the processor resizes to multiples of 32"
+    ):
+        check_processor_frame(tmp_path, processor(3136, 12544, patch_size=16))
 
 
 def test_paper_reward_refuses_a_relative_family():

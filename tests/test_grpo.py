@@ -13,6 +13,7 @@ import yaml
 from data_prep.io import read_records, write_jsonl
 from tests.conftest import ROOT, run_module, script_env
 from training import vllm_guard
+from training.cli import RecipeError
 
 pytestmark = pytest.mark.slow
 REWARDS = ("answer", "format", "coordinate", "grounding")
@@ -20,7 +21,7 @@ REWARDS = ("answer", "format", "coordinate", "grounding")
 
 def grpo_args(model, data, out, *extra):
     return [
-        "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", model, "--dataset_path", data,
+        "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", model, "--dataset_name", data,
         "--output_dir", out, "--per_device_train_batch_size", "8", "--disable_tqdm", "true", "--max_completion_length", "24", "--logging_steps", "1",
         *extra,
     ]  # fmt: skip
@@ -60,7 +61,9 @@ def test_paper_mode_uses_the_released_weights(tiny_dir, phantom_dir, tmp_path):
                    "--reward_mode", "paper", "--reward_funcs", "paper_answer", "paper_format", "paper_coordinate",
                    "--reward_weights", "0.9", "0.1", "1.0"),
     )  # fmt: skip
-    assert "rewards: paper_answer x 0.9, paper_format x 0.1, paper_coordinate x 1.0" in proc.stdout
+    assert "rewards: paper_answer x 0.9, paper_format x 0.1, paper_coordinate x 1.0" in (
+        proc.stdout + proc.stderr
+    )
     assert "rewards/paper_coordinate/mean" in proc.stdout + proc.stderr
 
 
@@ -82,7 +85,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_dir, phantom_dir, tmp_
     assert not (out / "model.safetensors").exists()
     done = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     result = run_module("recipes.grpo", *args)
-    assert f"resuming from {out}/checkpoint-{done[-1]}" in result.stdout
+    assert f"resuming from {out}/checkpoint-{done[-1]}" in (result.stdout + result.stderr)
     state = json.loads((out / "checkpoint-10" / "trainer_state.json").read_text())
     assert state["global_step"] == 10
     # the restarted run only trained the missing steps
@@ -141,7 +144,7 @@ def test_bad_rows_stop_with_an_error_naming_the_row(tiny_dir, phantom_dir, tmp_p
             "no",
         ),
     )
-    assert "skipped 1 bad row(s)" in ok.stdout
+    assert "skipped 1 bad row(s)" in (ok.stdout + ok.stderr)
 
 
 def test_long_prompts_are_filtered_and_counted(tiny_dir, phantom_dir, tmp_path):
@@ -152,7 +155,7 @@ def test_long_prompts_are_filtered_and_counted(tiny_dir, phantom_dir, tmp_path):
         check=False,
     )  # fmt: skip
     assert (
-        "prompts longer than 120 tokens" in proc.stdout
+        "prompts longer than 120 tokens" in (proc.stdout + proc.stderr)
         or "every prompt is longer" in proc.stdout + proc.stderr
     )
 
@@ -256,7 +259,7 @@ def test_install_only_with_vllm():
 def test_rollout_plan_counts_whole_batches_and_refuses_an_untrainable_dataset():
     from trl import GRPOConfig
 
-    from recipes.grpo import rollout_plan
+    from training.grpo_checks import rollout_plan
 
     args = GRPOConfig(
         output_dir="/tmp/x", per_device_train_batch_size=4, steps_per_generation=80, num_generations=5,
@@ -267,7 +270,7 @@ def test_rollout_plan_counts_whole_batches_and_refuses_an_untrainable_dataset():
         "103 rollout batches of 64 prompts per epoch (8 prompts left out"
     )
     assert "412 optimizer steps per epoch" in rollout_plan(6600, args)
-    with pytest.raises(SystemExit, match="63 training prompts are fewer than one rollout batch of 64"):
+    with pytest.raises(RecipeError, match="63 training prompts are fewer than one rollout batch of 64"):
         rollout_plan(63, args)
 
 
@@ -276,14 +279,14 @@ def test_use_vllm_without_vllm_says_what_to_install(monkeypatch):
 
     from trl import GRPOConfig, ModelConfig
 
-    from recipes.grpo import check_vllm_setup
+    from training.grpo_checks import check_vllm_setup
 
     args = GRPOConfig(output_dir="/tmp/x", use_vllm=True, use_cpu=True, report_to="none")
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
     )
-    with pytest.raises(SystemExit, match="use_vllm: true needs vLLM: `make install`"):
+    with pytest.raises(RecipeError, match="use_vllm: true needs vLLM: `make install`"):
         check_vllm_setup(args, ModelConfig())
 
 

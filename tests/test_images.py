@@ -94,6 +94,28 @@ def test_window_functions_and_minmax(tmp_path):
         pydicom.dcmread(make_dicom(tmp_path / "n.dcm", ramp, bits_stored=12, rescale=(2, -100)))
     )
     assert full.min() == 0 and full.max() == 255 and np.all(np.diff(full[0].astype(int)) >= 0)
+    exact = dicom_to_uint8(
+        pydicom.dcmread(
+            make_dicom(
+                tmp_path / "e.dcm", ramp, bits_stored=12, window=(2048, 1024), voi_function="LINEAR_EXACT"
+            )
+        )
+    )
+    assert exact[0, 0] == 0 and exact[0, -1] == 255 and exact[0, mid] == 128  # (x - c) / w + 0.5, exactly
+    # the window applies after the modality rescale: stored 1024 -> 2 * 1024 - 100 = 1948, the window's centre
+    rescaled = dicom_to_uint8(
+        pydicom.dcmread(
+            make_dicom(tmp_path / "rw.dcm", ramp, bits_stored=12, rescale=(2, -100), window=(1948, 1000))
+        )
+    )
+    assert abs(int(rescaled[0, np.argmin(np.abs(ramp[0].astype(int) - 1024))]) - 128) <= 2
+    # a window LINEAR forbids (width under 1) is no window: the full range, as without one
+    narrow = dicom_to_uint8(
+        pydicom.dcmread(make_dicom(tmp_path / "w.dcm", ramp, bits_stored=12, window=(2048, 0.5)))
+    )
+    assert np.array_equal(
+        narrow, dicom_to_uint8(pydicom.dcmread(make_dicom(tmp_path / "p.dcm", ramp, bits_stored=12)))
+    )
     inv = dicom_to_uint8(
         pydicom.dcmread(make_dicom(tmp_path / "m1.dcm", ramp, "MONOCHROME1", bits_stored=12))
     )

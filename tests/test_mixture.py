@@ -146,9 +146,11 @@ def test_leak_is_refused_with_patient_and_splits(tmp_path):
     msg = str(e.value)
     assert "mimic:10000032" in msg and "train (sft/mimic-cxr)" in msg and "test (test/ms-cxr)" in msg
     assert "10000040" not in msg
-    # the command line says the same and exits 2, writing nothing
-    code = main(["--config", str(tmp_path / "mix.yaml"), "--out", str(tmp_path / "out")])
-    assert code == 2 and not (tmp_path / "out").exists()
+    # the command line says the same on one line and exits non-zero, writing nothing
+    with pytest.raises(SystemExit) as stop:
+        main(["--config", str(tmp_path / "mix.yaml"), "--out", str(tmp_path / "out")])
+    assert stop.value.code == f"data_prep.mixture: {msg}" and "\n" not in msg
+    assert not (tmp_path / "out").exists()
 
 
 def test_stage_split_rules(two_sources):
@@ -193,7 +195,7 @@ def test_shipped_yamls_parse_and_phantom_yaml_builds(tmp_path, capsys):
         {f"P{i}": s for i, s in enumerate(["train"] * 8 + ["validation", "test"])},
     )
     out = tmp_path / "mix"
-    code = main(
+    main(
         [
             "--config",
             str(ROOT / "recipes/mixtures/phantom.yaml"),
@@ -204,40 +206,49 @@ def test_shipped_yamls_parse_and_phantom_yaml_builds(tmp_path, capsys):
             "--jsonl",
         ]
     )
-    assert code == 0
     printed = capsys.readouterr().out
     assert "sft: 27 records" in printed and "phantom | grounding | train" in printed
+    dry = tmp_path / "dry"
+    main(
+        [
+            "--config",
+            str(ROOT / "recipes/mixtures/phantom.yaml"),
+            "--out",
+            str(dry),
+            "--source",
+            f"phantom={phantom}",
+            "--dry_run",
+        ]
+    )
+    assert "sft: 27 records" in capsys.readouterr().out and not dry.exists()  # counted, nothing written
     summary = json.loads((out / "mixture.json").read_text())
     assert summary["stages"]["test"]["records"] == 3
     recs = read_records(out / "sft")  # the --jsonl dataset folder the recipes can read
     assert len(recs) == 27 and all((out / "sft" / r["image"]).exists() for r in recs)
     assert (out / "sft" / "frame.json").exists()
     # rebuilding over an existing mixture folder replaces it; a foreign folder is refused
-    assert (
+    main(
+        [
+            "--config",
+            str(ROOT / "recipes/mixtures/phantom.yaml"),
+            "--out",
+            str(out),
+            "--source",
+            f"phantom={phantom}",
+        ]
+    )
+    assert not (out / "sft").exists()
+    with pytest.raises(SystemExit, match="^data_prep.mixture: .* exists and is not a mixture folder"):
         main(
             [
                 "--config",
                 str(ROOT / "recipes/mixtures/phantom.yaml"),
                 "--out",
-                str(out),
+                str(phantom),
                 "--source",
                 f"phantom={phantom}",
             ]
         )
-        == 0
-    )
-    assert not (out / "sft").exists()
-    code = main(
-        [
-            "--config",
-            str(ROOT / "recipes/mixtures/phantom.yaml"),
-            "--out",
-            str(phantom),
-            "--source",
-            f"phantom={phantom}",
-        ]
-    )
-    assert code == 2 and "not a mixture folder" in capsys.readouterr().err
     assert (phantom / "records.jsonl").exists()
 
 

@@ -56,13 +56,13 @@ def test_two_view_study_trains_with_sft_and_grpo_and_is_evaluated(two_views, tin
     sft = tmp_path / "sft"
     run_module(
         "recipes.sft", "--config", "recipes/demo/sft.yaml", "--model_name_or_path", tiny_dir,
-        "--dataset_path", two_views, "--output_dir", sft, "--max_steps", "3", "--save_strategy", "no",
+        "--dataset_name", two_views, "--output_dir", sft, "--max_steps", "3", "--save_strategy", "no",
         "--disable_tqdm", "true",
     )  # fmt: skip
     grpo = tmp_path / "grpo"
     proc = run_module(
         "recipes.grpo", "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", sft,
-        "--dataset_path", two_views, "--output_dir", grpo, "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_strategy", "no",
+        "--dataset_name", two_views, "--output_dir", grpo, "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_strategy", "no",
         "--max_completion_length", "24", "--logging_steps", "1", "--disable_tqdm", "true", "--report_to", "none",
     )  # fmt: skip
     assert "rewards/grounding/mean" in proc.stdout + proc.stderr
@@ -70,7 +70,7 @@ def test_two_view_study_trains_with_sft_and_grpo_and_is_evaluated(two_views, tin
     ev = tmp_path / "eval"
     run_module(
         "evaluation.run", "--model", grpo, "--data", two_views, "--split", "test", "--limit", "6",
-        "--out", ev, "--max-new-tokens", "24", "--no-model-metrics", "--gallery", "4",
+        "--out", ev, "--max_new_tokens", "24", "--no_model_metrics", "--gallery", "4",
     )  # fmt: skip
     results = json.loads((ev / "results.json").read_text())
     assert results["n"] == 6 and results["n_missing_predictions"] == 0

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from functools import cache
 from itertools import combinations
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 from data_prep import phantom
 from data_prep.io import iter_jsonl, read_records
-from data_prep.schema import SPLITS, TASKS, split_list
+from data_prep.schema import SPLITS, TASKS
 from rewards.parsing import find_boxes, format_box
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +26,20 @@ RING = 6  # px: the band around a box that stands for "the surroundings"
 # standard deviation of ~5 levels, so the mean of the >= 300 pixels of a box or ring is known
 # to ~0.3 level: 8 levels is far beyond chance, and ~3% of the range is plainly visible.
 MIN_CONTRAST = 8
+
+
+@cache
+def canonical_box(name: str, side: str | None = None, zone: str | None = None, size: int = 224) -> tuple:
+    """The box of a finding drawn with no patient or finding variation: the 'where it usually is'."""
+    if zone is None and name in ("pleural effusion", "pneumothorax"):
+        zone = "lower" if name == "pleural effusion" else "upper"
+    _, boxes, _ = phantom.render(phantom.Patient(), [phantom.Finding(name, side, zone)], size, noise_seed=0)
+    return tuple(boxes[0])
+
+
+def split_list(answer: str) -> list[str]:
+    """The items of a list answer ("a | b | c")."""
+    return [a.strip() for a in answer.split("|") if a.strip()]
 
 
 def iou(a, b) -> float:
@@ -103,7 +118,7 @@ def test_canonical_box_is_good_enough(rendered):
     """Small jitter only: always answering the canonical box of a finding reaches IoU > 0.5."""
     for study, _, boxes in rendered:
         for f, box in zip(study.findings, boxes):
-            canon = phantom.canonical_box(f.name, f.side, f.zone, SIZE)
+            canon = canonical_box(f.name, f.side, f.zone, SIZE)
             assert iou(box, canon) > 0.5, f"{study.study_id} {f.label}: {box} vs canonical {canon}"
 
 
@@ -123,14 +138,14 @@ def test_side_convention_patient_right_is_image_left(rendered):
 
 
 def test_nodule_box_is_learnable_size():
-    x0, y0, x1, y1 = phantom.canonical_box("nodule", "right", "upper", SIZE)
+    x0, y0, x1, y1 = canonical_box("nodule", "right", "upper", SIZE)
     assert x1 - x0 >= 20 and y1 - y0 >= 20
 
 
 def test_boxes_scale_with_size():
     for name, side, zone in (("nodule", "left", "middle"), ("pleural effusion", "right", None)):
-        small = np.array(phantom.canonical_box(name, side, zone, 224))
-        big = np.array(phantom.canonical_box(name, side, zone, 448))
+        small = np.array(canonical_box(name, side, zone, 224))
+        big = np.array(canonical_box(name, side, zone, 448))
         assert np.abs(big / 2 - small).max() <= 2
 
 
@@ -242,7 +257,7 @@ def test_cli_writes_records_frame_and_a_matching_ledger(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "[phantom] read 5" in proc.stdout
+    assert "[phantom] read 5" in proc.stderr  # the ledger summary, logged
     frame = json.loads((out / "frame.json").read_text())
     assert frame["min_pixels"] == 56 * 56 and frame["max_pixels"] == 112 * 112
     ledger = json.loads((out / "ledger.json").read_text())

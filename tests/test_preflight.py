@@ -91,7 +91,7 @@ def test_the_dataset_and_then_all_clear(repo, capsys):
         "dataset data/mixtures/example/coldstart has no records.jsonl: build it with "
         "`python -m data_prep.mixture --config recipes/mixtures/example.yaml --out data/mixtures/example --jsonl`"
     )
-    found = preflight.problem(recipe("coldstart"), 8, ["--dataset_path", "data/coldstart"])
+    found = preflight.problem(recipe("coldstart"), 8, ["--dataset_name", "data/coldstart"])
     assert "`make coldstart-data`" in found
     (repo / "data" / "mixtures" / "example" / "coldstart").mkdir(parents=True)
     (repo / "data" / "mixtures" / "example" / "coldstart" / "records.jsonl").write_text("")

@@ -24,7 +24,7 @@ def qwen3(tmp_path_factory):
     cs = root / "coldstart"
     assert (
         coldstart_main(
-            ["--data", str(data), "--out", str(cs), "--teacher", "offline", "--offline-style", "survey"]
+            ["--data", str(data), "--out", str(cs), "--teacher", "offline", "--offline_style", "survey"]
         )
         == 0
     )
@@ -36,19 +36,19 @@ def test_qwen3_trains_through_every_stage_and_is_evaluated(qwen3):
     root, data, cs, model = qwen3
     sft = root / "sft"
     proc = run_module(
-        "recipes.sft", "--config", "recipes/demo/sft.yaml", "--model_name_or_path", model, "--dataset_path", data,
+        "recipes.sft", "--config", "recipes/demo/sft.yaml", "--model_name_or_path", model, "--dataset_name", data,
         "--output_dir", sft, "--max_steps", "3", "--save_strategy", "no", "--disable_tqdm", "true",
         "--model_family", "qwen3-vl",
     )  # fmt: skip
-    assert "qwen3-vl, relative boxes" in proc.stdout
+    assert "qwen3-vl, relative boxes" in (proc.stdout + proc.stderr)
     cold = root / "cold"
     run_module(
-        "recipes.sft", "--config", "recipes/demo/coldstart.yaml", "--model_name_or_path", sft, "--dataset_path", cs,
+        "recipes.sft", "--config", "recipes/demo/coldstart.yaml", "--model_name_or_path", sft, "--dataset_name", cs,
         "--output_dir", cold, "--max_steps", "3", "--save_strategy", "no", "--disable_tqdm", "true",
     )  # fmt: skip
     grpo = root / "grpo"
     proc = run_module(
-        "recipes.grpo", "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", cold, "--dataset_path", data,
+        "recipes.grpo", "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", cold, "--dataset_name", data,
         "--output_dir", grpo, "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_strategy", "no", "--max_completion_length", "24",
         "--logging_steps", "1", "--disable_tqdm", "true", "--report_to", "none",
     )  # fmt: skip
@@ -56,7 +56,7 @@ def test_qwen3_trains_through_every_stage_and_is_evaluated(qwen3):
     ev = root / "eval"
     run_module(
         "evaluation.run", "--model", grpo, "--data", data, "--split", "test", "--limit", "6", "--out", ev,
-        "--max-new-tokens", "24", "--no-model-metrics", "--gallery", "2",
+        "--max_new_tokens", "24", "--no_model_metrics", "--gallery", "2",
     )  # fmt: skip
     results = json.loads((ev / "results.json").read_text())
     assert results["run"]["family"] == "qwen3-vl" and results["n"] == 6
@@ -65,7 +65,7 @@ def test_qwen3_trains_through_every_stage_and_is_evaluated(qwen3):
 def test_paper_reward_and_wrong_family_data_stop_with_both_names(qwen3, phantom_dir, tmp_path):
     root, data, _, model = qwen3
     proc = run_module(
-        "recipes.grpo", "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", model, "--dataset_path", data,
+        "recipes.grpo", "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", model, "--dataset_name", data,
         "--output_dir", tmp_path / "p", "--max_steps", "1", "--reward_mode", "paper",
         "--reward_funcs", "paper_answer", "paper_format", "paper_coordinate", "--reward_weights", "0.9", "0.1", "1.0",
         check=False,
@@ -74,7 +74,7 @@ def test_paper_reward_and_wrong_family_data_stop_with_both_names(qwen3, phantom_
     assert proc.returncode != 0 and "qwen3-vl writes boxes relative" in err and "Traceback" not in err
     proc = run_module(
         "recipes.sft", "--config", "recipes/demo/sft.yaml", "--model_name_or_path", model,
-        "--dataset_path", phantom_dir, "--output_dir", tmp_path / "s", "--max_steps", "1", check=False,
+        "--dataset_name", phantom_dir, "--output_dir", tmp_path / "s", "--max_steps", "1", check=False,
     )  # fmt: skip
     err = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "prepared for qwen2.5-vl" in err and "qwen3-vl model" in err

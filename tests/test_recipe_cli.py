@@ -11,7 +11,7 @@ from trl import GRPOConfig, ModelConfig, SFTConfig, TrlParser
 from recipes.grpo import GRPOScriptArguments
 from recipes.sft import SFTScriptArguments
 from tests.conftest import ROOT
-from training.cli import check_config, parse_recipe
+from training.cli import RecipeError, check_config, parse_recipe, run_stage
 
 DEMO_SFT = ROOT / "recipes" / "demo" / "sft.yaml"
 RECIPES = sorted(
@@ -26,8 +26,11 @@ def parser_for(recipe: Path) -> TrlParser:
 
 
 def exit_message(parser, argv) -> str:
-    with pytest.raises(SystemExit) as e:
+    """What a stage script prints when the recipe is refused (main never runs)."""
+    with pytest.raises(RecipeError):
         parse_recipe(parser, argv)
+    with pytest.raises(SystemExit) as e:
+        run_stage(lambda *parsed: pytest.fail("main ran on a refused recipe"), parser, argv)
     message = str(e.value.code)
     assert "\n" not in message and "Traceback" not in message
     return message
@@ -51,7 +54,7 @@ def test_demo_recipe_parses_as_before(monkeypatch):
     script, training, model = parse_recipe(
         parser_for(DEMO_SFT), ["--config", str(DEMO_SFT), "--max_steps", "3"]
     )
-    assert script.dataset_path == "outputs/phantom" and training.max_steps == 3 and training.use_cpu
+    assert script.dataset_name == "outputs/phantom" and training.max_steps == 3 and training.use_cpu
     assert training.per_device_train_batch_size == 8 and model.model_name_or_path == "outputs/tiny-qwen2.5-vl"
 
 

@@ -98,7 +98,9 @@ def test_family_recipes_name_their_family_and_chain(folder):
     assert cfgs["coldstart"]["model_name_or_path"] == f"outputs/{folder}/sft"
     grpo = next(c for n, c in cfgs.items() if n.startswith("grpo"))
     assert grpo["model_name_or_path"] == f"outputs/{folder}/coldstart"
-    if fam.relative:  # the paper's reward refuses relative coordinates (recipes.grpo.check_reward_family)
+    if (
+        fam.relative
+    ):  # the paper's reward refuses relative coordinates (training.grpo_checks.check_reward_family)
         assert grpo["reward_mode"] == "grounded"
     assert len({c["output_dir"] for c in cfgs.values()}) == len(cfgs)
 
@@ -479,7 +481,7 @@ def test_check_vllm_on_gpu(tiny_dir, phantom_dir, tmp_path):
         pytest.skip("needs a CUDA GPU")
     out = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "vllm_tools.check", "--model", str(tiny_dir), "--data", str(phantom_dir)]
-    cmd += ["--split", "train", "--n", "8", "--max-new-tokens", "32", "--dtype", "float32", "--out", str(out)]
+    cmd += ["--split", "train", "--n", "8", "--max_new_tokens", "32", "--dtype", "float32", "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -145,7 +145,7 @@ def test_show_truth_study_shows_ground_truth(tmp_path):
     assert any('class="gt"' in p for p in pages)  # green ground-truth boxes where the record has boxes
 
 
-def test_credentialed_study_refuses_a_public_interface_without_the_flag(tmp_path, monkeypatch, capsys):
+def test_credentialed_study_refuses_a_public_interface_without_the_flag(tmp_path, monkeypatch, caplog):
     folder, _, tokens = make_study(tmp_path, limit=2, reviewers=("alice",), source="mimic-cxr")
     started = []
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: started.append((app, kw)))
@@ -154,17 +154,18 @@ def test_credentialed_study_refuses_a_public_interface_without_the_flag(tmp_path
             StudyError, match=rf"Refusing to serve .* on {re.escape(host)}: it shows credentialed data"
         ):
             serve(folder, host=host, port=9001)
-    with pytest.raises(SystemExit, match="Refusing to serve"):
+    with pytest.raises(SystemExit, match=r"^evaluation.review serve: Refusing to serve") as e:
         main(["serve", str(folder), "--host", "0.0.0.0"])
+    assert "\n" not in str(e.value)  # one line, no traceback
     assert started == []  # nothing was bound
     serve(folder, host="127.0.0.1")  # local: fine, no warning
     app, kw = started[-1]
     assert kw["host"] == "127.0.0.1"
     assert "Data-use warning" not in TestClient(app).get(f"/r/{tokens['alice']}").text
-    main(["serve", str(folder), "--host", "0.0.0.0", "--allow-remote-credentialed"])
+    main(["serve", str(folder), "--host", "0.0.0.0", "--allow_remote_credentialed"])
     app, kw = started[-1]
     assert kw["host"] == "0.0.0.0"
-    assert "WARNING: Data-use warning" in capsys.readouterr().err
+    assert "WARNING: Data-use warning" in caplog.text
     page = TestClient(app).get(f"/r/{tokens['alice']}").text
     assert "Data-use warning: this study shows credentialed data (mimic-cxr)" in page
 

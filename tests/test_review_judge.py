@@ -14,7 +14,7 @@ from PIL import Image
 from evaluation.review import db
 from evaluation.review.__main__ import main
 from evaluation.review.analyse import analyse
-from evaluation.review.judge import judge_study, parse_verdict
+from evaluation.review.judge import JudgeStopped, judge_study, parse_verdict
 from evaluation.review.study import CRITERION_KEYS, StudyError
 from tests.openai_stub_server import Status, StubServer
 from tests.review_fixtures import GOOD, RUNS, cast, make_study
@@ -128,7 +128,7 @@ def test_failures_unclear_replies_and_data_use(study, tmp_path):
     j = analyse(study, n_boot=0)["judge"]["m2"]
     assert j["tallies"]["grounded_preference"] == {"invalid or missing": N}  # unclear: never a win
     with StubServer(lambda req, stub: Status(401, "no")) as stub:
-        with pytest.raises(SystemExit, match="refused the API key"):
+        with pytest.raises(JudgeStopped, match="refused the API key"):
             judge_study(study, base_url=stub.base_url, model="m3", concurrency=1)
 
     cred, _, _ = make_study(tmp_path / "cred", limit=2, reviewers=("alice",), source="vindr-cxr")

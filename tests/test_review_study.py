@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from data_prep.errors import OpenMedixError
 from evaluation.review import db
 from evaluation.review.__main__ import main
 from evaluation.review.study import CRITERION_KEYS, StudyError, assign, create_study, export
@@ -140,7 +141,7 @@ def test_cli_create_prints_links_and_links_add_reviewers(tmp_path, capsys):
         "ben",
         "cat",
     ]
-    with pytest.raises(SystemExit, match="already in this study"):
+    with pytest.raises(SystemExit, match="^evaluation.review links: reviewer 'cat' is already in this study"):
         main(["links", str(out), "--add", "cat"])
 
 
@@ -163,7 +164,19 @@ def test_export_resolves_sides_to_runs(tmp_path):
         export(folder, tmp_path / "votes.txt")
 
 
-def test_start_creates_then_resumes_and_adds_reviewers(tmp_path, monkeypatch, capsys):
+def test_errors_are_project_errors_and_the_cli_exits_with_one_line(tmp_path):
+    """Library code raises OpenMedixError subclasses (``except Exception`` sees them); only main exits."""
+    assert issubclass(StudyError, OpenMedixError) and issubclass(StudyError, ValueError)
+    assert not issubclass(StudyError, SystemExit)
+    with pytest.raises(db.StudyNotFoundError, match="study.sqlite not found: create the study first"):
+        with db.connect(db.study_db(tmp_path / "nothing")):
+            pass
+    with pytest.raises(SystemExit, match=r"^evaluation.review export: .*study.sqlite not found") as e:
+        main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "v.csv")])
+    assert "\n" not in str(e.value)
+
+
+def test_start_creates_then_resumes_and_adds_reviewers(tmp_path, monkeypatch, caplog):
     """`make review` runs `start`: it creates the study once, then serves the same one again."""
     _, runs = _runs_copy(tmp_path)
     served = []
@@ -174,14 +187,13 @@ def test_start_creates_then_resumes_and_adds_reviewers(tmp_path, monkeypatch, ca
     assert [r["name"] for r in json.loads((out / "study.json").read_text())["reviewers"]] == ["reviewer1"]
     before = (out / "study.sqlite").read_bytes()
     main([*args, "--reviewers", "reviewer1,dana"])
-    text = capsys.readouterr().out
-    assert "resuming study" in text and "added reviewer(s): dana" in text
+    assert "resuming study" in caplog.text and "added reviewer(s): dana" in caplog.text
     assert [r["name"] for r in json.loads((out / "study.json").read_text())["reviewers"]] == [
         "reviewer1",
         "dana",
     ]
     assert len(served) == 2 and served[0]["host"] == "127.0.0.1"
     assert before != (out / "study.sqlite").read_bytes()
-    with pytest.raises(SystemExit, match="compares"):
+    with pytest.raises(SystemExit, match="^evaluation.review start: .* compares"):
         swapped = dict(zip(runs, reversed(list(runs.values()))))  # the names on the other folders
         main(["start", "--runs", *(f"{n}={d}" for n, d in swapped.items()), "--out", str(out)])

@@ -16,8 +16,8 @@ from rewards.grounded import (
     coordinate_score,
     format_score,
     grounding_score,
-    normalize_answer,
 )
+from rewards.parsing import normalize_answer
 
 W, H = 448, 504  # a model frame (multiples of 28)
 GOOD = [[40, 60, 200, 220], [250, 80, 400, 300], [100, 300, 220, 480]]

@@ -6,22 +6,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rewards.grounded import answer_score, format_score, make_answer_reward
+from rewards.paper import format_score as paper_format_score
 from rewards.parsing import (
     THINK_RE,
+    answer_items,
     boxed_spans,
     completion_text,
+    eval_format_ok,
+    eval_normalize,
     find_boxes,
     find_paper_boxes,
     format_box,
     grounded_answer,
+    label_key,
     last_boxed,
+    normalize_answer,
+    normalize_paper,
     parse,
+    strip_think,
     think_block,
 )
 
 
 def _boxed_spans_by_chars(text):
-    """The original character loop (kept here as the reference)."""
+    """A plain character loop: the reference the fast helper must equal."""
     out, i = [], 0
     while True:
         start = text.find("\\boxed{", i)
@@ -96,3 +104,47 @@ def test_configurable_report_mix():
     text = f"<think> The heart looks normal here. </think> \\boxed{{{pred}}}"
     assert f([text], solution=[gt], task=["report_findings"]) == [rouge_only]
     assert format_score(text) == 1.0
+
+
+def test_strip_think():
+    assert strip_think("<think> a\nb </think>yes<think>c</think>.") == "yes."
+    assert strip_think("<think>a</think>yes", " ") == " yes"
+    assert strip_think("<think> never closed") == "<think> never closed"
+
+
+def test_answer_normalisers_differ_on_purpose():
+    # Both: lower case, punctuation to spaces, articles dropped, whitespace collapsed.
+    assert eval_normalize("  The Right-Upper  lung. ") == "right upper lung"
+    assert normalize_answer("  The Right-Upper  lung. ") == "right upper lung"
+    # The reward maps yes/no synonyms; the evaluation's exact match does not.
+    assert normalize_answer("Present.") == "yes" and eval_normalize("Present.") == "present"
+    # The evaluation counts "_" as punctuation (SQuAD); the reward keeps it inside a word.
+    assert eval_normalize("pleural_effusion") == "pleural effusion"
+    assert normalize_answer("pleural_effusion") == "pleural_effusion"
+    assert eval_normalize(None) == ""
+
+
+def test_label_items():
+    assert label_key("  Nodule/Mass ") == "nodule/mass"  # labels keep their punctuation
+    assert answer_items("A | b |  | Nodule/Mass", label_key) == {"a", "b", "nodule/mass"}
+    assert answer_items("The nodule | a | yes", normalize_answer) == {"nodule", "yes"}  # "a" normalises to ""
+    assert answer_items(None, eval_normalize) == set()
+
+
+def _paper_format_ok(text):
+    return paper_format_score(normalize_paper(text)) == 1.0
+
+
+def test_format_rules():
+    """The evaluation's format rule against the released one (the strict reward has its own tests)."""
+    good = "<think> heart [1, 2, 3, 4] </think>. The answer is: \\boxed{yes}"
+    assert eval_format_ok(good) and _paper_format_ok(good)
+    assert eval_format_ok(" < think > x </ think > \\boxed{y}")  # the released normalisation
+    assert not eval_format_ok("no think at all \\boxed{y}")
+    two = "<think> a </think> <think> b </think> \\boxed{y}"
+    assert not eval_format_ok(two) and _paper_format_ok(two)  # ours asks for exactly one block
+    assert not eval_format_ok("<think> \\boxed{y} </think>") and not _paper_format_ok(
+        "<think> \\boxed{y} </think>"
+    )
+    assert not eval_format_ok("text first <think> a </think> \\boxed{y}")
+    assert not eval_format_ok("") and not eval_format_ok(None)

@@ -14,7 +14,6 @@ from rewards import (
     PAPER_SET,
     REWARD_FUNCS,
     get_reward_funcs,
-    get_reward_weights,
     register,
     reward_names,
 )
@@ -46,9 +45,20 @@ def test_unknown_name_lists_the_known_ones():
     assert all(name in msg for name in ALL)
 
 
-def test_recommended_weights():
-    assert get_reward_weights(list(PAPER_SET)) == [0.9, 0.1, 1.0]
-    assert get_reward_weights(list(GROUNDED_SET)) == [1.0, 0.2, 0.2, 0.5]
+def test_recommended_weights_are_the_recipe_default():
+    """A recipe naming only its reward_mode trains with that set's rewards and recommended weights."""
+    from types import SimpleNamespace
+
+    from training.grpo_checks import resolve_rewards
+
+    for mode, names, weights in (
+        ("paper", list(PAPER_SET), [0.9, 0.1, 1.0]),
+        ("grounded", list(GROUNDED_SET), [1.0, 0.2, 0.2, 0.5]),
+    ):
+        training_args = SimpleNamespace(reward_weights=None)
+        funcs = resolve_rewards(SimpleNamespace(reward_mode=mode, reward_funcs=None), training_args)
+        assert [f.__name__ for f in funcs] == names
+        assert training_args.reward_weights == weights
 
 
 def test_register_checks_the_name():
@@ -138,7 +148,7 @@ def test_paper_coordinate_logs_without_a_frame():
 
 def test_bench_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert bench_main(["--n", "160", "--repeat", "1", "--no-pin", "--out", str(out)]) == 0
+    assert bench_main(["--n", "160", "--repeat", "1", "--no_pin", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["rewards"]) == set(ALL)
     assert set(result["sets"]) == {"paper", "grounded"}

@@ -76,3 +76,26 @@ def test_credentialed_sources():
     assert (
         not is_credentialed("phantom") and not is_credentialed("nih-cxr14") and not is_credentialed("iu-xray")
     )
+
+
+def test_data_prep_errors_are_project_errors_not_exits(tmp_path):
+    """Library code raises OpenMedixError subclasses (each also the builtin that fits), never SystemExit:
+    ``except Exception`` sees them and only an entry point's main turns them into an exit."""
+    from data_prep.errors import OpenMedixError
+    from data_prep.families import FamilyError, FamilyMismatch
+    from data_prep.frame import FrameMismatch
+    from data_prep.images import ImageError
+    from data_prep.io import DatasetNotFoundError, ImagePathError
+    from data_prep.mixture import MixtureError
+    from data_prep.trl_dataset import BadRowsError
+
+    errors = (RecordError, ImagePathError, ImageError, MixtureError, FamilyError, FamilyMismatch)
+    errors += (FrameMismatch, BadRowsError)
+    for error in errors:
+        assert issubclass(error, OpenMedixError) and issubclass(error, ValueError), error
+        assert not issubclass(error, SystemExit), error
+    assert issubclass(DatasetNotFoundError, OpenMedixError) and issubclass(
+        DatasetNotFoundError, FileNotFoundError
+    )
+    with pytest.raises(DatasetNotFoundError, match="Make a dataset first"):
+        read_records(tmp_path / "nowhere")

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def sft_args(tiny_dir, data_dir, out, *extra):
     return [
-        "--config", "recipes/demo/sft.yaml", "--model_name_or_path", tiny_dir, "--dataset_path", data_dir,
+        "--config", "recipes/demo/sft.yaml", "--model_name_or_path", tiny_dir, "--dataset_name", data_dir,
         "--output_dir", out, "--disable_tqdm", "true", "--save_strategy", "no", *extra,
     ]  # fmt: skip
 
@@ -56,7 +56,7 @@ def test_cold_start_trains_on_reasoning_and_refuses_rows_without_it(tiny_dir, ph
     proc = run_module(
         "recipes.sft", *sft_args(tiny_dir, data, tmp_path / "out", "--reasoning", "true", "--max_steps", "2")
     )
-    assert "SFT on 40 records (reasoning; qwen2.5-vl, absolute boxes)" in proc.stdout
+    assert "SFT on 40 records (reasoning; qwen2.5-vl, absolute boxes)" in (proc.stdout + proc.stderr)
     # The phantom set has no reasoning: the cold-start stage must stop with a clear message.
     proc = run_module(
         "recipes.sft", *sft_args(tiny_dir, phantom_dir, tmp_path / "o2", "--reasoning", "true"), check=False

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-from data_prep.prompts import build_completion, build_prompt
+from data_prep.prompts import answer_text, build_prompt, reasoning_text
 from data_prep.trl_dataset import trl_prompt
 from demo.tiny_model import SPECIAL_TOKENS, build_tiny_model
 
@@ -16,6 +16,14 @@ RECORD = {
     "image": "images/x.png",
     "reasoning": "The lungs [1, 2, 30, 40] are clear.",
 }
+
+
+def build_completion(record: dict, reasoning: bool) -> list[dict]:
+    """The assistant turn SFT trains on, as structured content (data_prep.trl_dataset.sft_row's text)."""
+    text = (
+        reasoning_text(record["reasoning"], record["answer"]) if reasoning else answer_text(record["answer"])
+    )
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
 def test_builds_reloads_offline_and_generates(tiny_dir):

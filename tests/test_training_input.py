@@ -1,4 +1,4 @@
-"""Bad input at the training entry points (issue #24, part B): image content (corrupt, not an image, a
+"""Bad input at the training entry points: image content (corrupt, not an image, a
 decompression bomb, outside the frame, not the record's size), a dataset without frame.json, rows longer
 than max_length, incomplete checkpoints, and random mixes of bad rows. Each is a bad row or a one-line
 stop naming what to fix, never a crash mid-run."""
@@ -106,7 +106,7 @@ def test_images_that_do_not_decode_are_bad_rows(tmp_path, content, kind):
     good = load_checked_records(data, "train", frame=RULE, skip_bad_rows=True, bad_rows=bad)
     assert [r["id"] for r in good] == ["r0", "r2"]
     assert [(w.split("/")[-1], reason_kind(r)) for w, r in bad] == [("records.jsonl:2 (id='r1')", kind)]
-    assert len(load_checked_records(data, "train")) == 3  # without a frame: the old, path-only check
+    assert len(load_checked_records(data, "train")) == 3  # without a frame: the path-only check
 
 
 def test_the_image_check_is_cached_per_file(tmp_path, monkeypatch):
@@ -233,15 +233,17 @@ def test_sft_with_a_corrupt_image_names_the_row_or_trains_on_the_rest(tiny_dir, 
         "recipes.sft",
         *sft_args(tiny_dir, data, tmp_path / "o2", "--max_steps", "1", "--skip_bad_rows", "true"),
     )
-    assert "skipped 1 bad row(s)" in ok.stdout and "{'unreadable image': 1}" in ok.stdout
-    assert "SFT on 7 records" in ok.stdout
+    assert "skipped 1 bad row(s)" in (ok.stdout + ok.stderr) and "{'unreadable image': 1}" in (
+        ok.stdout + ok.stderr
+    )
+    assert "SFT on 7 records" in (ok.stdout + ok.stderr)
     assert (tmp_path / "o2" / "model.safetensors").exists()
 
 
 def test_row_tokens_count_what_trls_collator_builds(phantom_dir, tiny_dir):
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-    from recipes.sft import row_tokens
+    from training.lengths import row_tokens
 
     processor = load_processor(str(tiny_dir), str(phantom_dir), None, None, require_frame=True)
     collator = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
@@ -273,26 +275,30 @@ def test_sft_counts_rows_longer_than_max_length_and_refuses_when_none_fits(tiny_
     assert "--max_length" in line
 
     ok = run_module("recipes.sft", *sft_args(tiny_dir, data, tmp_path / "o2", "--max_steps", "1"))
-    assert "2 of 8 train rows longer than max_length=512 tokens (image tokens included): dropped" in ok.stdout
-    assert "SFT on 6 records" in ok.stdout
+    assert "2 of 8 train rows longer than max_length=512 tokens (image tokens included): dropped" in (
+        ok.stdout + ok.stderr
+    )
+    assert "SFT on 6 records" in (ok.stdout + ok.stderr)
 
 
-def test_long_rows_drop_or_truncate(phantom_dir, tiny_dir, capsys):
+def test_long_rows_drop_or_truncate(phantom_dir, tiny_dir, caplog):
     from types import SimpleNamespace
 
-    from recipes.sft import fit_max_length
+    from training.lengths import fit_max_length
 
     processor = load_processor(str(tiny_dir), str(phantom_dir), None, None, require_frame=True)
     recs = [r for r in read_records(phantom_dir, split="train") if r["task"] == "vqa"][:6]
     recs[0] = {**recs[0], "answer": " ".join(["consolidation"] * 600)}
-    args = SimpleNamespace(dataset_path=str(phantom_dir), reasoning=False, long_rows="drop")
+    args = SimpleNamespace(dataset_name=str(phantom_dir), reasoning=False, long_rows="drop")
+    caplog.set_level("INFO", logger="training.lengths")
     assert fit_max_length(recs, args, None, processor, 512, "train") == recs[1:]
-    assert "1 of 6 train rows longer than max_length=512 tokens (image tokens included): dropped" in (
-        capsys.readouterr().out
+    assert (
+        "1 of 6 train rows longer than max_length=512 tokens (image tokens included): dropped" in caplog.text
     )
+    caplog.clear()
     args.long_rows = "truncate"  # kept, cut: its prompt fits with part of its completion
     assert fit_max_length(recs, args, None, processor, 512, "train") == recs
-    assert "1 cut to max_length (long_rows: truncate), 0 dropped" in capsys.readouterr().out
+    assert "1 cut to max_length (long_rows: truncate), 0 dropped" in caplog.text
     assert fit_max_length(recs, args, None, processor, None, "train") == recs  # no max_length: nothing cut
     with pytest.raises(BadRowsError, match="no train row fits max_length=20 tokens"):  # prompts alone over it
         fit_max_length(recs, args, None, processor, 20, "train")
@@ -331,7 +337,7 @@ def checkpoint(out: Path, step: int, files=COMPLETE, leave_out: tuple = ()) -> P
     return folder
 
 
-def test_resume_picks_the_newest_checkpoint_that_has_weights_and_optimizer(tmp_path, capsys, caplog):
+def test_resume_picks_the_newest_checkpoint_that_has_weights_and_optimizer(tmp_path, caplog):
     out = tmp_path / "run"
     good = checkpoint(out, 2)
     checkpoint(out, 4, leave_out=("model.safetensors",))
@@ -340,11 +346,11 @@ def test_resume_picks_the_newest_checkpoint_that_has_weights_and_optimizer(tmp_p
     caplog.set_level("INFO", logger="training.common")
 
     assert last_checkpoint(str(out), resume=True) == str(good)
-    printed = capsys.readouterr().out
     for step, reason in [(8, "no trainer_state.json"), (6, "no optimizer state"), (4, "no model weights")]:
-        assert f"skipping incomplete checkpoint {out}/checkpoint-{step}: {reason}" in printed
-        assert any(f"checkpoint-{step}: {reason}" in m for m in caplog.messages)
-    assert f"resuming from {good}" in printed
+        assert any(
+            f"skipping incomplete checkpoint {out}/checkpoint-{step}: {reason}" in m for m in caplog.messages
+        )
+    assert f"resuming from {good}" in caplog.messages
     assert last_checkpoint(str(out), resume=False) is None
 
 

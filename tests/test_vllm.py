@@ -47,7 +47,7 @@ def opinionated_dir(tiny_dir, tmp_path_factory):
 def demo_grpo(model, data, out, *extra) -> list:
     """recipes/demo/grpo.yaml on the given model and data, tracker off, plus ``extra`` flags."""
     return [
-        "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", model, "--dataset_path", data,
+        "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", model, "--dataset_name", data,
         "--output_dir", out, "--report_to", "none", "--per_device_train_batch_size", "8", *extra,
     ]  # fmt: skip
 
@@ -65,7 +65,7 @@ def test_weight_sync_reaches_colocated_vllm_and_vision_tokens_are_never_sampled(
         *demo_grpo(tiny_dir, phantom_dir, tmp_path / "o", "--use_vllm", "true", "--vllm_mode", "colocate"),
         *("--out", out),
     )
-    assert "start-up probe: colocate: image-token runs collapsed" in proc.stdout
+    assert "start-up probe: colocate: image-token runs collapsed" in (proc.stdout + proc.stderr)
     report = json.loads(out.read_text())
     first, second = report["rounds"]
     # After each sync, vLLM's greedy tokens are model.generate's, token by token, on every prompt ...
@@ -110,7 +110,7 @@ def test_the_7b_colocate_recipe_settings_train_on_the_tiny_model(tiny_dir, phant
     proc = vllm_run(
         "recipes.grpo",
         *("--config", "recipes/qwen2.5-vl-7b/grpo.yaml", "--model_name_or_path", tiny_dir),
-        *("--dataset_path", phantom_dir, "--max_pixels", str(112 * 112), "--output_dir", tmp_path / "g7"),
+        *("--dataset_name", phantom_dir, "--max_pixels", str(112 * 112), "--output_dir", tmp_path / "g7"),
         *("--dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--report_to", "none"),
         *("--vllm_gpu_memory_utilization", "0.1", "--max_completion_length", "48"),
         *("--max_steps", "5", "--save_strategy", "no", "--disable_tqdm", "true"),
@@ -188,7 +188,7 @@ def test_check_vllm_on_cpu_matches_model_generate_token_by_token(opinionated_dir
     out = tmp_path / "check.json"
     proc = vllm_run(
         "vllm_tools.check",
-        *("--model", opinionated_dir, "--data", phantom_dir, "--n", "16", "--max-new-tokens", "32"),
+        *("--model", opinionated_dir, "--data", phantom_dir, "--n", "16", "--max_new_tokens", "32"),
         *("--enforce-eager", "--out", out),
     )
     assert "PASS" in proc.stdout
@@ -203,7 +203,7 @@ def test_check_vllm_on_cpu_matches_model_generate_token_by_token(opinionated_dir
 
 
 def test_eval_vllm_backend_gives_the_transformers_predictions(opinionated_dir, phantom_dir, tmp_path):
-    common = ("--model", opinionated_dir, "--data", phantom_dir, "--limit", "16", "--max-new-tokens", "32")
+    common = ("--model", opinionated_dir, "--data", phantom_dir, "--limit", "16", "--max_new_tokens", "32")
     vllm_run("evaluation.run", *common, "--backend", "vllm", "--out", tmp_path / "v")
     run_module("evaluation.run", *common, "--out", tmp_path / "t")
 

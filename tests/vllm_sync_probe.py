@@ -1,7 +1,7 @@
 """Does a weight change in the trainer reach its colocated vLLM engine? (run by tests/test_vllm.py)
 
     python -m tests.vllm_sync_probe --config recipes/demo/grpo.yaml --model_name_or_path M \
-        --dataset_path D --output_dir O --use_vllm true --vllm_mode colocate --out report.json
+        --dataset_name D --output_dir O --use_vllm true --vllm_mode colocate --out report.json
 
 Builds the trainer exactly as recipes/grpo.py does (guard, CPU set-up, vision-token ban), then,
 twice: gives the trainer new seeded weights, syncs with TRL's own ``sync_weights``, and
@@ -20,6 +20,7 @@ import torch
 from trl import GRPOConfig, ModelConfig, TrlParser
 from trl.data_utils import prepare_multimodal_messages
 
+from data_prep.errors import setup_logging
 from recipes.grpo import GRPOScriptArguments, build_trainer
 from tests.opinionated import make_vision_loving, reinit
 from training.vision_tokens import vision_token_ids
@@ -70,6 +71,7 @@ def main(argv=None) -> int:
         del argv[i : i + 2]
     parser = TrlParser((GRPOScriptArguments, GRPOConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config(argv)
+    setup_logging()  # as recipes.grpo's main does: the guard's start-up probe is logged
     trainer, guard = build_trainer(script_args, training_args, model_args)
 
     examples = [trainer.train_dataset[i] for i in range(N_PROMPTS)]

@@ -1,7 +1,7 @@
-"""A recipe's YAML and flags, parsed with one-line errors (issue #24).
+"""A recipe's YAML and flags, parsed with one-line errors; the stage scripts' entry point.
 
-    parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig))
-    main(*parse_recipe(parser))
+    if __name__ == "__main__":
+        run_stage(main, TrlParser((SFTScriptArguments, SFTConfig, ModelConfig)))
 
 ``parse_recipe`` wraps ``TrlParser.parse_args_and_config``. TrlParser reports a typo in a YAML key as
 ``Unknown arguments from config file: ['--per_device_train_batchsize', '4']`` under a traceback, a
@@ -22,19 +22,31 @@ from pathlib import Path
 
 import yaml
 
-from data_prep.errors import debug_enabled, one_line
+from data_prep.errors import OpenMedixError, debug_enabled, one_line
 
 CONFIG_FLAG = "--config"
 # keys TrlParser takes from the YAML besides the dataclass fields
 EXTRA_KEYS = ("env",)
 
 
-class RecipeError(ValueError):
+class RecipeError(OpenMedixError, ValueError):
     """A recipe's YAML or flags are wrong; the message is the whole explanation."""
 
 
+def run_stage(main, parser, argv: list[str] | None = None) -> None:
+    """Parse the recipe and run ``main(*dataclasses)``. A project error (a bad recipe, dataset or
+    checkpoint) ends the run with its one-line message and exit status 1; OPENMEDIX_DEBUG=1 shows
+    the traceback instead."""
+    try:
+        main(*parse_recipe(parser, argv))
+    except OpenMedixError as e:
+        if debug_enabled():
+            raise
+        raise SystemExit(one_line(e)) from None
+
+
 def parse_recipe(parser, argv: list[str] | None = None) -> tuple:
-    """``parser.parse_args_and_config(argv)`` (argv: default sys.argv[1:]), or SystemExit(one line)."""
+    """``parser.parse_args_and_config(argv)`` (argv: default sys.argv[1:]), or RecipeError(one line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     config = None
     try:
@@ -49,11 +61,11 @@ def parse_recipe(parser, argv: list[str] | None = None) -> tuple:
         if debug_enabled():
             raise
         if isinstance(e, RecipeError):
-            raise SystemExit(str(e)) from None
+            raise
         where = str(config) if config else "recipe"
         if flags := [a for a in argv if a.startswith("--") and a != CONFIG_FLAG]:
             where += f" with flags {' '.join(flags)}"  # the value may come from either
-        raise SystemExit(f"{where}: {one_line(e)}") from None
+        raise RecipeError(f"{where}: {one_line(e)}") from None
 
 
 def config_path(argv: list[str]) -> Path | None:

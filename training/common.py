@@ -9,23 +9,18 @@ from pathlib import Path
 
 from transformers import AutoProcessor
 
+from data_prep.errors import OpenMedixError
 from data_prep.frame import check_processor_frame, read_frame
 
 log = logging.getLogger(__name__)
 
 
-class FrameMissing(SystemExit):
+class FrameMissing(OpenMedixError, FileNotFoundError):
     """A training run on a dataset whose frame is unknown: the message says how to give it."""
 
 
-class CheckpointError(SystemExit):
+class CheckpointError(OpenMedixError, ValueError):
     """output_dir holds checkpoints, none of which can be resumed from: the message names them."""
-
-
-def report(message: str) -> None:
-    """Say it on the console and in the log (a run's log file keeps what the console showed)."""
-    print(message)
-    log.info(message)
 
 
 def load_processor(
@@ -58,6 +53,16 @@ def load_processor(
     processor.tokenizer.padding_side = "left"
     check_processor_frame(dataset_path, processor.image_processor)
     return processor
+
+
+def set_model_init_kwargs(training_args, model_args) -> None:
+    """The trainers load the model from its path: ModelConfig's dtype and attention go with it (the
+    recipe's own model_init_kwargs, if any, kept)."""
+    training_args.model_init_kwargs = {
+        **(training_args.model_init_kwargs or {}),
+        "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation,
+    }
 
 
 def image_tokens(image_processor, sizes) -> int:
@@ -129,9 +134,9 @@ def last_checkpoint(output_dir: str, resume: bool) -> str | None:
     for ckpt in ckpts:
         problem = checkpoint_problem(ckpt)
         if problem is None:
-            report(f"resuming from {ckpt}")
+            log.info("resuming from %s", ckpt)
             return str(ckpt)
-        report(f"skipping incomplete checkpoint {ckpt}: {problem}")
+        log.warning("skipping incomplete checkpoint %s: %s", ckpt, problem)
         skipped.append(f"{ckpt.name} ({problem})")
     if skipped:
         raise CheckpointError(
@@ -156,7 +161,7 @@ def save_final(trainer, processor, output_dir: str, model_args, merge_lora: bool
     else:
         trainer.save_model(output_dir)
     processor.save_pretrained(output_dir)
-    print(f"saved model and processor to {output_dir}")
+    log.info("saved model and processor to %s", output_dir)
 
 
 def merge_adapter(base_path: str, adapter_dir: str, out_dir: str, dtype: str | None) -> None:

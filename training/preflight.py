@@ -1,7 +1,7 @@
-"""Before a GPU launch: are the GPUs, the input model and the dataset there? (issue #24)
+"""Before a GPU launch: are the GPUs, the input model and the dataset there?
 
     python -m training.preflight --config recipes/qwen2.5-vl-7b/coldstart.yaml --nproc 8 \\
-        [--accelerate-config recipes/accelerate/zero3.yaml] [recipe flags ...]
+        [--accelerate_config recipes/accelerate/zero3.yaml] [recipe flags ...]
 
 ``make sft`` / ``make coldstart`` / ``make grpo`` with a SCALE other than demo run this once before
 ``accelerate launch`` starts NPROC processes: on a machine without the GPUs, or without the previous
@@ -13,10 +13,10 @@ found is one line on stderr, saying what is missing and what to run, and the exi
   - model_name_or_path: a local path (under outputs/, or any path that is not an ``org/name`` hub id)
     must hold a model (config.json), else the stage whose recipe writes it is named; a hub id must be
     in the local Hugging Face cache when HF_HUB_OFFLINE=1 (the Makefile's default);
-  - dataset_path: must hold records.jsonl, else the command that builds it is named.
+  - dataset_name: must hold records.jsonl, else the command that builds it is named.
 
 Recipe flags after the options (the Makefile's ARGS) override the YAML's model_name_or_path,
-dataset_path and use_cpu, as they do in the recipe; other flags are ignored.
+dataset_name and use_cpu, as they do in the recipe; other flags are ignored.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def model_problem(model: str | None, recipe: Path) -> str | None:
 
 def dataset_problem(dataset: str | None, recipe: Path) -> str | None:
     if not dataset:
-        return f"{recipe}: dataset_path is not set"
+        return f"{recipe}: dataset_name is not set"
     path = Path(dataset).expanduser()
     if (path / RECORDS).is_file():
         return None
@@ -113,7 +113,7 @@ def dataset_problem(dataset: str | None, recipe: Path) -> str | None:
     elif "coldstart" in path.name:
         hint = "synthesise it with `make coldstart-data` (README: Cold-start data)"
     else:
-        hint = "convert a dataset into it (README: Real datasets) or point dataset_path at one"
+        hint = "convert a dataset into it (README: Real datasets) or point dataset_name at one"
     return f"dataset {dataset} has no {RECORDS}: {hint}"
 
 
@@ -142,7 +142,7 @@ def overrides(flags: list[str]) -> dict:
     """The recipe flags that change what is checked (argparse, as HfArgumentParser reads them)."""
     ap = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     ap.add_argument("--model_name_or_path")
-    ap.add_argument("--dataset_path")
+    ap.add_argument("--dataset_name")
     ap.add_argument("--use_cpu", nargs="?", const="true")
     known, _ = ap.parse_known_args(flags)
     return {k: v for k, v in vars(known).items() if v is not None}
@@ -161,7 +161,7 @@ def problem(
     return (
         gpu_problem(nproc, recipe, accelerate, use_cpu)
         or model_problem(config.get("model_name_or_path"), recipe)
-        or dataset_problem(config.get("dataset_path"), recipe)
+        or dataset_problem(config.get("dataset_name"), recipe)
     )
 
 
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--config", required=True, type=Path, help="the recipe YAML")
     ap.add_argument("--nproc", required=True, type=int, help="processes accelerate will start (NPROC)")
-    ap.add_argument("--accelerate-config", type=Path, help="accelerate config (its num_machines, use_cpu)")
+    ap.add_argument("--accelerate_config", type=Path, help="accelerate config (its num_machines, use_cpu)")
     args, flags = ap.parse_known_args(argv)
     found = problem(args.config, args.nproc, flags, args.accelerate_config)
     if found:

@@ -13,15 +13,15 @@ TRL prompt with the image injected, the processor's chat template with image tok
 1. generates greedily with ``model.generate`` (one prompt at a time, no padding),
 2. frees the model and generates greedily with ``vllm.LLM`` from the same token ids plus the image,
    as the GRPO recipe feeds vLLM (``{"prompt_token_ids": ids with runs collapsed, "multi_modal_data":
-   {"image": image}}``; ``--as-trl-sends`` feeds TRL's ids unchanged, to reproduce the bug),
+   {"image": image}}``; ``--as_trl_sends`` feeds TRL's ids unchanged, to reproduce the bug),
 3. compares the two completions token by token, and counts the image tokens vLLM reports it
    processed against the ones sent (``training.vllm_guard.count_runs``).
 
 Both sides ban the vision special tokens, as the recipes do (training/vision_tokens.py). It prints a
 table, writes a JSON report, and exits 0 when they agree, 1 when they do not (any image-token
-mismatch, a vLLM error, or fewer than ``--min-agree-rate`` of the prompts agreeing), 2 when it cannot
+mismatch, a vLLM error, or fewer than ``--min_agree_rate`` of the prompts agreeing), 2 when it cannot
 run (no vLLM). A prompt agrees when both completions are identical or first differ only after
-``--min-agree-tokens`` tokens: bf16 kernels differ between vLLM and transformers, so long greedy
+``--min_agree_tokens`` tokens: bf16 kernels differ between vLLM and transformers, so long greedy
 continuations may drift apart late; an early divergence points at a prompt or image mismatch. The
 dtype is bfloat16 on a GPU and float32 on CPU, where the two should agree exactly.
 """
@@ -289,9 +289,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--split", default="test", help="record split to take prompts from")
     ap.add_argument("--n", type=int, default=16, help="number of image prompts")
     ap.add_argument(
-        "--no-reasoning", dest="reasoning", action="store_false", help="stage-1 prompts (default: GRPO's)"
+        "--no_reasoning", dest="reasoning", action="store_false", help="stage-1 prompts (default: GRPO's)"
     )
-    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--max_new_tokens", type=int, default=256)
     ap.add_argument(
         "--dtype",
         default=None,
@@ -299,22 +299,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="default: bf16 on GPU, fp32 on CPU",
     )
     ap.add_argument(
-        "--gpu-memory-utilization",
+        "--gpu_memory_utilization",
         type=float,
         default=None,
         help="vLLM's share of GPU memory (after the HF model left; default 0.6) or of RAM on CPU (default 0.2)",
     )
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM without CUDA graphs")
-    ap.add_argument("--min-pixels", type=int, default=None, help="default: the dataset's frame.json")
-    ap.add_argument("--max-pixels", type=int, default=None, help="default: the dataset's frame.json")
+    ap.add_argument("--min_pixels", type=int, default=None, help="default: the dataset's frame.json")
+    ap.add_argument("--max_pixels", type=int, default=None, help="default: the dataset's frame.json")
     ap.add_argument(
-        "--min-agree-tokens", type=int, default=32, help="divergence later than this still agrees"
+        "--min_agree_tokens", type=int, default=32, help="divergence later than this still agrees"
     )
-    ap.add_argument("--min-agree-rate", type=float, default=0.8, help="fraction of prompts that must agree")
+    ap.add_argument("--min_agree_rate", type=float, default=0.8, help="fraction of prompts that must agree")
     ap.add_argument("--out", default="outputs/check_vllm.json", help="JSON report")
     ap.add_argument(
-        "--as-trl-sends",
+        "--as_trl_sends",
         action="store_true",
         help="feed vLLM TRL's expanded ids unchanged (reproduces the bug)",
     )

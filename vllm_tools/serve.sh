@@ -43,7 +43,7 @@ PY="${PY:-.venv/bin/python}"
 DATA="${DATA:-}"
 if [[ -n "$DATA" ]]; then
     if [[ ! -f "$DATA/frame.json" ]]; then
-        echo "vllm_serve.sh: $DATA/frame.json not found (DATA must be a dataset folder written by data_prep)" >&2
+        echo "serve.sh: $DATA/frame.json not found (DATA must be a dataset folder written by data_prep)" >&2
         exit 2
     fi
     read -r MIN_PIXELS MAX_PIXELS < <("$PY" -c 'import json,sys; f=json.load(open(sys.argv[1])); print(f["min_pixels"], f["max_pixels"])' "$DATA/frame.json")
@@ -83,7 +83,7 @@ if [[ "${DRY_RUN:-0}" == 1 ]]; then
     exit 0
 fi
 if [[ ! -e "$MODEL" && ( "$MODEL" == /* || "$MODEL" == .* || "$MODEL" == outputs/* ) ]]; then
-    echo "vllm_serve.sh: model folder '$MODEL' not found (train the previous stage first, or pass MODEL)" >&2
+    echo "serve.sh: model folder '$MODEL' not found (train the previous stage first, or pass MODEL)" >&2
     exit 2
 fi
 echo "serving $MODEL on ${VLLM_HOST}:${VLLM_PORT} (GPUs: ${CUDA_VISIBLE_DEVICES:-all}, TP $VLLM_TP)" >&2

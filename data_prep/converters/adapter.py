@@ -1,7 +1,7 @@
 """Map another benchmark's file onto the record schema, driven by a YAML config.
 
     python -m evaluation.adapter --config evaluation/adapters/xraybench.yaml \\
-        --input ~/data/xraybench/test.parquet --out data/xraybench [--image-root DIR] [--workers 2]
+        --input ~/data/xraybench/test.parquet --out data/xraybench [--image_root DIR] [--workers 2]
 
 Reads JSON / JSONL / Parquet / CSV / TSV rows and, per the config:
 
@@ -18,7 +18,7 @@ Reads JSON / JSONL / Parquet / CSV / TSV rows and, per the config:
              no match and no default -> the row is rejected, naming the prompt's first words
   meta:      record meta key -> candidate columns (e.g. question_type, which VQA metrics group by)
   image_root: folder that relative image paths are relative to (default: the input's folder;
-             --image-root overrides)
+             --image_root overrides)
   frame:     {min_pixels, max_pixels, family}: each image is converted once into the model frame
              (data_prep.images, cached) and stored as OUT/images/<sha256 prefix of its bytes>.png
              (distinct images never share a file, identical ones are stored once); null keeps the
@@ -42,13 +42,16 @@ import argparse
 import csv
 import hashlib
 import json
+import logging
 import re
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from data_prep.errors import user_errors
+from data_prep.errors import OpenMedixError, setup_logging, user_errors
 from data_prep.families import get_family
 from data_prep.frame import IMAGE_ROOTS, scale_box, write_frame
 from data_prep.io import RECORDS, Ledger, atomic_write_text, iter_jsonl, write_jsonl
@@ -71,9 +74,10 @@ KNOWN_COLUMNS = (
 )
 REJECT_TEXT_CHARS = 200  # longer texts are cut in rejects.jsonl (a report, a base64 string)
 HASH_CHARS = 20  # stored images are named by 80 bits of their SHA-256: no two distinct images collide
+log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(OpenMedixError, ValueError):
     """The YAML config is malformed; the message names the key."""
 
 
@@ -304,10 +308,11 @@ def content_hash(data: bytes | Path) -> str:
 
 
 def stored_name(src: Path) -> str:
-    """Where a source image is stored under OUT: named by its content, not by the row id. Ids that
-    differ only in characters a file name cannot hold (``case 1``, ``case/1``) once shared one file,
-    and a changed image kept the stale one; by content, distinct images never share a file, identical
-    ones are stored once, and a changed image gets a new file. Raises OSError when src is unreadable."""
+    """Where a source image is stored under OUT: named by its content, not by the row id (ids that
+    differ only in characters a file name cannot hold, ``case 1`` and ``case/1``, would share one file,
+    and a changed image would keep the stale one). By content, distinct images never share a file,
+    identical ones are stored once, and a changed image gets a new file. Raises OSError when src is
+    unreadable."""
     return f"images/{content_hash(src)}.png"
 
 
@@ -370,6 +375,35 @@ def parse_boxes(value, label: str = "finding") -> list[dict]:
 # ----------------------------------------------------------------------------- adapter
 
 
+class _Reject(OpenMedixError):
+    """A row that does not become a record: its ledger reason and detail."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class _Run:
+    """What mapping every row needs: the config's parts and where images are read and staged."""
+
+    cfg: dict
+    input_path: Path
+    out: Path
+    root: Path  # relative image paths start here
+    staging: Path  # embedded image bytes: staged for conversion (then dropped), or kept without a frame
+    split: str
+    constants: dict
+
+    @property
+    def frame(self) -> dict | None:
+        return self.cfg.get("frame")
+
+    @property
+    def cols(self) -> dict:
+        return self.cfg["columns"]
+
+
 def adapt(
     config: str | Path | dict,
     input_path: str | Path,
@@ -379,10 +413,18 @@ def adapt(
     progress: bool = True,
 ) -> dict:
     """Convert ``input_path`` per ``config`` into OUT (records, images, frame, ledger)."""
-    from tqdm import tqdm
+    run = _start(config, input_path, out_dir, image_root)
+    ledger = Ledger(f"adapter:{run.cfg['name']}")
+    rows = _read_input(run.input_path, ledger)
+    seen: set[str] = set()
+    pending = [p for num, row in enumerate(rows, 1) if (p := _map_row(row, num, run, ledger, seen))]
+    infos = _image_infos(pending, run, workers, progress)
+    records = _make_records(pending, infos, run, ledger)
+    _write(records, run, ledger)
+    return ledger.as_dict()
 
-    from data_prep.images import ImageError, ImageInfo, ImagePool
 
+def _start(config, input_path, out_dir, image_root) -> _Run:
     cfg = load_config(config) if not isinstance(config, dict) else config
     input_path, out = Path(input_path), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -393,213 +435,248 @@ def adapt(
         root = root if root.is_absolute() else input_path.parent / root
     else:
         root = input_path.parent
-    # embedded image bytes: staged for conversion (then dropped), or kept when there is no frame
-    staging = out / ("_staged" if cfg.get("frame") else "images")
-    cols, constants = cfg["columns"], dict(cfg.get("constants") or {})
+    constants = dict(cfg.get("constants") or {})
     split = constants.pop("split", "test")
-    frame = cfg.get("frame")
-    ledger = Ledger(f"adapter:{cfg['name']}")
-    broken: list = []  # .jsonl lines that are not UTF-8 or not JSON: rejects, the rest goes on
+    staging = out / ("_staged" if cfg.get("frame") else "images")
+    return _Run(cfg, input_path, out, root, staging, split, constants)
+
+
+def _read_input(input_path: Path, ledger: Ledger) -> list:
+    """The input's rows; .jsonl lines that are not UTF-8 or not JSON are rejects, the rest goes on."""
+    broken: list = []
     rows = read_rows(input_path, broken)
     for lineno, reason in broken:
         ledger.read += 1
         ledger.reject(reason.split(" (")[0], f"{input_path.name}:{lineno}", reason)
+    return rows
 
-    pending: list[dict] = []  # rows that passed the text checks, waiting for their images
-    seen: set[str] = set()
-    for rownum, row in enumerate(rows, 1):
-        ledger.read += 1
-        where = f"{input_path.name}:row {rownum}"
-        if not isinstance(row, dict):
-            ledger.reject("not an object", where, f"got {type(row).__name__}")
-            continue
-        rid, _ = pick(row, cols.get("id"))
-        rid = str(rid).strip() if rid is not None else f"{cfg['name']}-{rownum:06d}"
-        if rid in seen:
-            ledger.reject("duplicate id", where, f"id {rid!r} seen before", row=_jsonable(row))
-            continue
-        question, _ = pick(row, cols["question"])
-        answer, _ = pick(row, cols["answer"])
-        image, _ = pick(row, cols["image"])
-        task, task_why = resolve_task(row, cfg["task"], str(question or ""))
-        if task is None:
-            if task_why:
-                detail = f"task value {task_why['task_value']!r} matches no rule"
-            else:
-                detail = (
-                    f"no task column, and no text rule matches the prompt {first_words(question or '')!r}"
-                )
-            ledger.reject("unknown task", where, detail, row=_jsonable(row))
-            continue
-        missing = [f for f, v in (("question", question), ("answer", answer), ("image", image)) if v is None]
-        if missing:
-            ledger.reject(
-                f"missing {missing[0]}", where, f"no value in columns {cols[missing[0]]}", row=_jsonable(row)
-            )
-            continue
-        answer = as_answer(answer)
-        if not answer:
-            ledger.reject("missing answer", where, "empty answer", row=_jsonable(row))
-            continue
-        try:
-            srcs = image_sources(image, root, staging)
-        except (ValueError, TypeError) as e:
-            ledger.reject("bad image value", where, str(e), row=_jsonable(row))
-            continue
-        try:
-            question = place_images(str(question), len(srcs))
-        except ValueError as e:
-            ledger.reject("image placeholders", where, str(e), row=_jsonable(row))
-            continue
-        row_split, _ = pick(row, cols.get("split"))
-        row_split = str(row_split).strip().lower() if row_split is not None else split
-        if row_split not in SPLITS:
-            ledger.reject("unknown split", where, f"{row_split!r} is not one of {SPLITS}", row=_jsonable(row))
-            continue
-        meta_value, _ = pick(row, cols.get("meta"))
-        try:
-            meta = dict(json.loads(meta_value) if isinstance(meta_value, str) else meta_value or {})
-        except (ValueError, TypeError) as e:
-            ledger.reject("bad meta", where, f"not a JSON object: {e}", row=_jsonable(row))
-            continue
-        meta.update({"benchmark": cfg["name"], "row": rownum, **task_why})
-        for key, cands in (cfg.get("meta") or {}).items():
-            value, _ = pick(row, cands)
-            if value is not None:
-                meta[key] = value if isinstance(value, (int, float, bool)) else str(value)
-        boxes_value, _ = pick(row, cols.get("boxes"))
-        try:
-            boxes = parse_boxes(boxes_value) if boxes_value is not None else []
-        except (ValueError, TypeError, KeyError) as e:
-            ledger.reject("bad boxes", where, str(e), row=_jsonable(row))
-            continue
-        reasoning, _ = pick(row, cols.get("reasoning"))
-        seen.add(rid)
-        try:  # converted images are stored by content (stored_name says why)
-            names = [stored_name(src) for src in srcs] if frame else []
-        except OSError as e:
-            reason = "missing image" if isinstance(e, FileNotFoundError) else "unreadable image"
-            ledger.reject(reason, where, f"{e.filename}: {e.strerror}", row=_jsonable(row))
-            continue
-        pending.append(
-            {
-                "where": where,
-                "row": row,
-                "srcs": srcs,
-                "names": names,
-                "fields": {
-                    "id": rid,
-                    "source": resolve_source(row, cfg),
-                    "task": task,
-                    "question": question,
-                    "answer": answer,
-                    "boxes": boxes,
-                    "patient_id": str(pick(row, cols.get("patient_id"))[0] or rid),
-                    "study_id": str(pick(row, cols.get("study_id"))[0] or rid),
-                    "split": row_split,
-                    "reasoning": str(reasoning) if reasoning is not None else None,
-                    "meta": meta,
-                    **constants,
-                },
-            }
-        )
 
-    # images: convert into the model frame (cached, parallel; each stored file once) or keep the originals
+def _map_row(row, rownum: int, run: _Run, ledger: Ledger, seen: set[str]) -> dict | None:
+    """The row's record fields and source images, waiting for the images; None (and a reject) if the
+    row is invalid."""
+    ledger.read += 1
+    where = f"{run.input_path.name}:row {rownum}"
+    if not isinstance(row, dict):
+        ledger.reject("not an object", where, f"got {type(row).__name__}")
+        return None
+    try:
+        return {"where": where, "row": row, **_row_fields(row, rownum, run, seen)}
+    except _Reject as r:
+        ledger.reject(r.reason, where, r.detail, row=_jsonable(row))
+        return None
+
+
+def _row_fields(row: dict, rownum: int, run: _Run, seen: set[str]) -> dict:
+    """{"srcs", "names", "fields"} of a row, checked in a fixed order (the first failure is the reject's
+    reason); raises _Reject."""
+    cfg, cols = run.cfg, run.cols
+    rid, _ = pick(row, cols.get("id"))
+    rid = str(rid).strip() if rid is not None else f"{cfg['name']}-{rownum:06d}"
+    if rid in seen:
+        raise _Reject("duplicate id", f"id {rid!r} seen before")
+    question, answer, image = (pick(row, cols[field])[0] for field in REQUIRED)
+    task, task_why = resolve_task(row, cfg["task"], str(question or ""))
+    if task is None:
+        if task_why:
+            raise _Reject("unknown task", f"task value {task_why['task_value']!r} matches no rule")
+        detail = f"no task column, and no text rule matches the prompt {first_words(question or '')!r}"
+        raise _Reject("unknown task", detail)
+    missing = [f for f, v in (("question", question), ("answer", answer), ("image", image)) if v is None]
+    if missing:
+        raise _Reject(f"missing {missing[0]}", f"no value in columns {cols[missing[0]]}")
+    answer = as_answer(answer)
+    if not answer:
+        raise _Reject("missing answer", "empty answer")
+    srcs = _checked(image_sources, "bad image value", (ValueError, TypeError), image, run.root, run.staging)
+    question = _checked(place_images, "image placeholders", (ValueError,), str(question), len(srcs))
+    row_split = _row_split(row, run)
+    meta = {**_row_meta(row, run), "benchmark": cfg["name"], "row": rownum, **task_why}
+    meta.update(_meta_columns(row, cfg))
+    boxes_value, _ = pick(row, cols.get("boxes"))
+    bad_boxes = (ValueError, TypeError, KeyError)
+    boxes = _checked(parse_boxes, "bad boxes", bad_boxes, boxes_value) if boxes_value is not None else []
+    reasoning, _ = pick(row, cols.get("reasoning"))
+    seen.add(rid)  # a valid row's id, even if its images then fail
+    fields = {
+        "id": rid,
+        "source": resolve_source(row, cfg),
+        "task": task,
+        "question": question,
+        "answer": answer,
+        "boxes": boxes,
+        "patient_id": str(pick(row, cols.get("patient_id"))[0] or rid),
+        "study_id": str(pick(row, cols.get("study_id"))[0] or rid),
+        "split": row_split,
+        "reasoning": str(reasoning) if reasoning is not None else None,
+        "meta": meta,
+        **run.constants,
+    }
+    return {"srcs": srcs, "names": _stored_names(srcs, run.frame), "fields": fields}
+
+
+def _checked(fn, reason: str, errors: tuple[type[Exception], ...], *args):
+    """fn(*args), one of ``errors`` becoming a _Reject with ``reason``."""
+    try:
+        return fn(*args)
+    except errors as e:
+        raise _Reject(reason, str(e)) from None
+
+
+def _row_split(row: dict, run: _Run) -> str:
+    value, _ = pick(row, run.cols.get("split"))
+    split = str(value).strip().lower() if value is not None else run.split
+    if split not in SPLITS:
+        raise _Reject("unknown split", f"{split!r} is not one of {SPLITS}")
+    return split
+
+
+def _row_meta(row: dict, run: _Run) -> dict:
+    """The row's meta column (a dict or JSON text), as a dict."""
+    value, _ = pick(row, run.cols.get("meta"))
+    try:
+        return dict(json.loads(value) if isinstance(value, str) else value or {})
+    except (ValueError, TypeError) as e:
+        raise _Reject("bad meta", f"not a JSON object: {e}") from None
+
+
+def _meta_columns(row: dict, cfg: dict) -> dict:
+    """The config's ``meta`` keys the row has a value for (numbers and booleans kept, the rest text)."""
+    out = {}
+    for key, cands in (cfg.get("meta") or {}).items():
+        value, _ = pick(row, cands)
+        if value is not None:
+            out[key] = value if isinstance(value, (int, float, bool)) else str(value)
+    return out
+
+
+def _stored_names(srcs: list[Path], frame: dict | None) -> list[str]:
+    """Where the converted images are stored (by content: stored_name says why); none without a frame."""
+    try:
+        return [stored_name(src) for src in srcs] if frame else []
+    except OSError as e:
+        reason = "missing image" if isinstance(e, FileNotFoundError) else "unreadable image"
+        raise _Reject(reason, f"{e.filename}: {e.strerror}") from None
+
+
+def _image_infos(pending: list[dict], run: _Run, workers: int, progress: bool) -> list:
+    """ImageInfo or ImageError per source image of the pending rows, in order: converted into the model
+    frame (cached, parallel; each stored file once), or the originals' sizes without a frame."""
+    from tqdm import tqdm
+
+    from data_prep.images import ImagePool
+
+    frame = run.frame
     if frame:
         unique = {name: src for p in pending for src, name in zip(p["srcs"], p["names"])}
-        jobs = [(src, out / name) for name, src in unique.items()]
+        jobs = [(src, run.out / name) for name, src in unique.items()]
     else:
         jobs = [(src, None) for p in pending for src in p["srcs"]]
-    flat: list = []
     with tqdm(total=len(jobs), desc="images", unit="img", disable=not progress) as bar:
-        if frame:
-            fam = get_family(frame.get("family"))
-            with ImagePool(
-                int(frame["min_pixels"]), int(frame["max_pixels"]), workers, factor=fam.factor
-            ) as pool:
-                done = dict(zip(unique, pool.convert(jobs, progress=bar)))
-            flat = [done[name] for p in pending for name in p["names"]]
-        else:
-            from PIL import Image
+        if not frame:
+            return _original_sizes([src for src, _ in jobs], bar)
+        fam = get_family(frame.get("family"))
+        min_px, max_px = int(frame["min_pixels"]), int(frame["max_pixels"])
+        with ImagePool(min_px, max_px, workers, factor=fam.factor) as pool:
+            done = dict(zip(unique, pool.convert(jobs, progress=bar)))
+        return [done[name] for p in pending for name in p["names"]]
 
-            for src, _ in jobs:
-                try:
-                    with Image.open(src) as im:
-                        flat.append(ImageInfo(im.width, im.height, im.width, im.height))
-                except FileNotFoundError:
-                    flat.append(ImageError("missing image", f"file not found: {src}"))
-                except OSError as e:
-                    flat.append(ImageError("unreadable image", f"{src}: {e}"))
-                bar.update(1)
+
+def _original_sizes(srcs: list[Path], bar) -> list:
+    from PIL import Image
+
+    from data_prep.images import ImageError, ImageInfo
+
+    out: list = []
+    for src in srcs:
+        try:
+            with Image.open(src) as im:
+                out.append(ImageInfo(im.width, im.height, im.width, im.height))
+        except FileNotFoundError:
+            out.append(ImageError("missing image", f"file not found: {src}"))
+        except OSError as e:
+            out.append(ImageError("unreadable image", f"{src}: {e}"))
+        bar.update(1)
+    return out
+
+
+def _make_records(pending: list[dict], infos: list, run: _Run, ledger: Ledger) -> list[dict]:
+    """The validated records of the pending rows whose images all converted; the others are rejects."""
+    from data_prep.images import ImageError
 
     records = []
     k = 0
     for p in pending:
-        infos = flat[k : k + len(p["srcs"])]
+        row_infos = infos[k : k + len(p["srcs"])]
         k += len(p["srcs"])
-        failed = next((i for i in infos if isinstance(i, ImageError)), None)
+        failed = next((i for i in row_infos if isinstance(i, ImageError)), None)
         if failed is not None:
             ledger.reject(failed.reason, p["where"], str(failed), row=_jsonable(p["row"]))
             continue
-        fields = dict(p["fields"])
-        if frame:
-            images = p["names"]
-        else:
-            images = []
-            for src in p["srcs"]:
-                src = Path(src).resolve()
-                inside = src.is_relative_to(out.resolve())
-                images.append(str(src.relative_to(out.resolve())) if inside else str(src))
-        fields["image"] = images[0] if len(images) == 1 else images
-        info = infos[0]  # boxes lie on the first image
-        fields["width"], fields["height"] = info.width, info.height
-        if fields["boxes"] and (info.src_w, info.src_h) != (info.width, info.height):
-            fields["boxes"] = [
-                {
-                    "label": b["label"],
-                    "box": scale_box(b["box"], (info.src_w, info.src_h), (info.width, info.height)),
-                }
-                for b in fields["boxes"]
-            ]
-        if info.src_w != info.width or info.src_h != info.height:
-            fields["meta"]["original_size"] = [info.src_w, info.src_h]
-        if len(infos) > 1:
-            fields["meta"]["image_sizes"] = [[i.width, i.height] for i in infos]
         try:
-            records.append(make_record(**fields))
+            records.append(make_record(**_with_images(p, row_infos, run)))
         except RecordError as e:
             ledger.reject("invalid record", p["where"], str(e), row=_jsonable(p["row"]))
-    if frame and staging.exists():
-        for f in staging.iterdir():
+    if run.frame and run.staging.exists():
+        for f in run.staging.iterdir():
             f.unlink()
-        staging.rmdir()
+        run.staging.rmdir()
+    return records
 
-    before = previous_images(out)  # a re-import into the same OUT: what changes is reported and tidied
+
+def _with_images(p: dict, infos: list, run: _Run) -> dict:
+    """The row's fields with its images, their size and its boxes in the stored images' frame."""
+    fields = dict(p["fields"])
+    if run.frame:
+        images = p["names"]
+    else:
+        out = run.out.resolve()
+        images = []
+        for src in p["srcs"]:
+            src = Path(src).resolve()
+            images.append(str(src.relative_to(out)) if src.is_relative_to(out) else str(src))
+    fields["image"] = images[0] if len(images) == 1 else images
+    info = infos[0]  # boxes lie on the first image
+    fields["width"], fields["height"] = info.width, info.height
+    if fields["boxes"] and (info.src_w, info.src_h) != (info.width, info.height):
+        fields["boxes"] = [
+            {
+                "label": b["label"],
+                "box": scale_box(b["box"], (info.src_w, info.src_h), (info.width, info.height)),
+            }
+            for b in fields["boxes"]
+        ]
+    if info.src_w != info.width or info.src_h != info.height:
+        fields["meta"]["original_size"] = [info.src_w, info.src_h]
+    if len(infos) > 1:
+        fields["meta"]["image_sizes"] = [[i.width, i.height] for i in infos]
+    return fields
+
+
+def _write(records: list[dict], run: _Run, ledger: Ledger) -> None:
+    """OUT/records.jsonl, frame.json and the ledger; a re-import into the same OUT reports and tidies
+    what changed."""
+    out, frame = run.out, run.frame
+    before = previous_images(out)
     ledger.written = write_jsonl(out / RECORDS, records)
     if frame:
         fam = get_family(frame.get("family"))
         write_frame(out, int(frame["min_pixels"]), int(frame["max_pixels"]), fam.factor, fam.name)
-    elif roots := kept_image_roots(records, root):
+    elif roots := kept_image_roots(records, run.root):
         # the original files stay where they are: let data_prep.io.resolve_image read them there
         atomic_write_text(out / "frame.json", json.dumps({IMAGE_ROOTS: roots}, indent=2) + "\n")
     ledger.extra = {
-        "input": str(input_path),
+        "input": str(run.input_path),
         "records_per_task": _counts(r["task"] for r in records),
         "records_per_source": _counts(r["source"] for r in records),
     }
     if before:
         ledger.extra["reimport"] = replace_previous(out, before, records)
     ledger.save(out)
-    if progress:
-        print(ledger.summary())
-    return ledger.as_dict()
+    log.info("%s", ledger.summary())
 
 
 def _counts(items) -> dict:
-    out: dict = {}
-    for x in items:
-        out[x] = out.get(x, 0) + 1
-    return dict(sorted(out.items()))
+    return dict(sorted(Counter(items).items()))
 
 
 def _jsonable(row: dict) -> dict:
@@ -628,9 +705,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", required=True, help="adapter YAML, e.g. evaluation/adapters/xraybench.yaml")
     ap.add_argument("--input", required=True, help="the benchmark file (.jsonl/.json/.parquet/.csv/.tsv)")
     ap.add_argument("--out", required=True, help="dataset folder to write (records.jsonl, images/, ledger)")
-    ap.add_argument("--image-root", help="folder relative image paths start from (overrides the config)")
+    ap.add_argument("--image_root", help="folder relative image paths start from (overrides the config)")
     ap.add_argument("--workers", type=int, default=1, help="processes for image conversion")
     args = ap.parse_args(argv)
+    setup_logging()
     # bad input is one line; OPENMEDIX_DEBUG=1 shows the traceback (data_prep.errors)
     with user_errors("adapter", ConfigError, FileNotFoundError, ValueError):
         adapt(args.config, args.input, args.out, image_root=args.image_root, workers=args.workers)

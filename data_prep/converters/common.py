@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import os
 import resource
 import time
@@ -34,12 +35,14 @@ from typing import Any
 from tqdm import tqdm
 
 from data_prep.converters.tables import MissingColumnsError
-from data_prep.errors import user_errors
+from data_prep.errors import setup_logging, user_errors
 from data_prep.families import DEFAULT_FAMILY, FAMILIES, get_family
 from data_prep.frame import PAPER_MAX_PIXELS, QWEN_MIN_PIXELS, frame_rule, read_frame, write_frame
 from data_prep.images import ImageError, ImageInfo, ImagePool
 from data_prep.io import RECORDS, Ledger
 from data_prep.schema import RecordError, validate_record
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,8 +95,8 @@ def parser_for(source: str, description: str | None) -> argparse.ArgumentParser:
     )
     p.add_argument("--root", required=True, help="the dataset as downloaded (official layout)")
     p.add_argument("--out", required=True, help="output dataset folder")
-    p.add_argument("--min-pixels", type=int, default=QWEN_MIN_PIXELS, help="processor min_pixels")
-    p.add_argument("--max-pixels", type=int, default=PAPER_MAX_PIXELS, help="processor max_pixels")
+    p.add_argument("--min_pixels", type=int, default=QWEN_MIN_PIXELS, help="processor min_pixels")
+    p.add_argument("--max_pixels", type=int, default=PAPER_MAX_PIXELS, help="processor max_pixels")
     p.add_argument(
         "--family",
         choices=list(FAMILIES),
@@ -102,7 +105,7 @@ def parser_for(source: str, description: str | None) -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="image worker processes")
     p.add_argument("--limit", type=int, default=None, help="convert only the first N images (units)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="a traceback instead of a one-line error")
     return p
 
@@ -141,82 +144,32 @@ def run(
     fam = get_family(family)
     old = read_frame(out)
     if old and frame_rule(old) != (min_pixels, max_pixels, fam.factor):
-        print(f"note: {out} was prepared for another frame ({old}); its images will be converted again")
+        log.warning("%s was prepared for another frame (%s); its images will be converted again", out, old)
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     if limit is not None:
         units = itertools.islice(units, limit)
         total = min(total, limit) if total is not None else limit
-    tasks: Counter[str] = Counter()
-    splits: Counter[str] = Counter()
-    images = Counter()
-    image_seconds = 0.0
-    writer = RecordWriter(out / RECORDS)
+    sink = _Sink(RecordWriter(out / RECORDS), build, ledger)
     bar = tqdm(total=total, unit="img", desc=source, disable=not progress, mininterval=1.0)
-    batch_size = max(64, 32 * workers)
-
-    def finish(batch: list[Unit], flat) -> None:
-        k = 0
-        for unit in batch:
-            results = flat[k : k + 1 + len(unit.extra)]
-            k += len(results)
-            failed = next((r for r in results if isinstance(r, ImageError)), None)
-            if failed is not None:
-                ledger.reject(failed.reason, unit.where, str(failed))
-                continue
-            res = results[0]
-            for r in results:
-                images["cached" if r.cached else "converted"] += 1
-            try:
-                recs = list(build(unit, res, ledger))
-            except Exception as e:  # one odd input must not stop a day-long job
-                ledger.reject("converter error", unit.where, f"{type(e).__name__}: {e}")
-                continue
-            if unit.extra:
-                views = [unit.dst] + [dst for _, dst in unit.extra]
-                recs = [{**rec, "image": views} for rec in recs]
-            for rec in recs:
-                try:
-                    validate_record(rec)
-                except RecordError as e:
-                    ledger.reject("invalid record", unit.where, f"{rec.get('id')}: {e}")
-                    continue
-                writer.write(rec)
-                tasks[rec["task"]] += 1
-                splits[rec["split"]] += 1
-
     try:
         with ImagePool(min_pixels, max_pixels, workers, factor=fam.factor) as pool:
-            it = iter(units)
-            pending = None  # (units, handle): the batch the workers are converting
-            while True:
-                batch = list(itertools.islice(it, batch_size))
-                jobs = [(src, out / dst) for u in batch for src, dst in [(u.src, u.dst), *u.extra]]
-                handle = pool.submit(jobs) if batch else None
-                if pending is not None:  # records of the previous batch while this one converts
-                    t_img = time.perf_counter()
-                    results = pool.collect(pending[1], progress=bar)
-                    image_seconds += time.perf_counter() - t_img
-                    finish(pending[0], results)
-                if not batch:
-                    break
-                pending = (batch, handle)
-        writer.commit()
+            image_seconds = _convert(units, pool, out, sink, bar, batch_size=max(64, 32 * workers))
+        sink.writer.commit()
     except BaseException:
-        writer.abort()
+        sink.writer.abort()
         raise
     finally:
         bar.close()
     write_frame(out, min_pixels, max_pixels, fam.factor, fam.name)
-    seconds = time.perf_counter() - t0
     cpu = [round(b - a, 2) for a, b in zip(cpu0, cpu_seconds())]  # workers: counted once they exit
-    ledger.written = writer.count
+    ledger.written = sink.writer.count
     ledger.extra.update(
         {
             "source": source,
-            "records_by_task": dict(sorted(tasks.items())),
-            "records_by_split": dict(sorted(splits.items())),
-            "images": dict(images),
-            "seconds": round(seconds, 2),
+            "records_by_task": dict(sorted(sink.tasks.items())),
+            "records_by_split": dict(sorted(sink.splits.items())),
+            "images": dict(sink.images),
+            "seconds": round(time.perf_counter() - t0, 2),
             "image_seconds": round(image_seconds, 2),
             "cpu_seconds": {"main": cpu[0], "workers": cpu[1]},
             "peak_rss_mb": peak_rss_mb(),
@@ -224,8 +177,71 @@ def run(
         }
     )
     ledger.save(out)
-    print(ledger.summary())
+    log.info("%s", ledger.summary())
     return ledger
+
+
+def _convert(units: Iterable[Unit], pool: ImagePool, out: Path, sink: _Sink, bar, batch_size: int) -> float:
+    """Convert the units' images a batch at a time, building the records of one batch while the workers
+    convert the next; returns the seconds spent waiting for images."""
+    image_seconds = 0.0
+    it = iter(units)
+    pending = None  # (units, handle): the batch the workers are converting
+    while True:
+        batch = list(itertools.islice(it, batch_size))
+        jobs = [(src, out / dst) for u in batch for src, dst in [(u.src, u.dst), *u.extra]]
+        handle = pool.submit(jobs) if batch else None
+        if pending is not None:
+            t_img = time.perf_counter()
+            results = pool.collect(pending[1], progress=bar)
+            image_seconds += time.perf_counter() - t_img
+            sink.finish(pending[0], results)
+        if not batch:
+            return image_seconds
+        pending = (batch, handle)
+
+
+class _Sink:
+    """Turns converted units into validated records, streamed to the writer and counted."""
+
+    def __init__(self, writer: RecordWriter, build: Callable, ledger: Ledger):
+        self.writer, self.build, self.ledger = writer, build, ledger
+        self.tasks: Counter[str] = Counter()
+        self.splits: Counter[str] = Counter()
+        self.images: Counter[str] = Counter()
+
+    def finish(self, batch: list[Unit], flat: list) -> None:
+        """The records of a batch of units, given their images' results (the unit's first, then its
+        extra views', unit after unit)."""
+        k = 0
+        for unit in batch:
+            results = flat[k : k + 1 + len(unit.extra)]
+            k += len(results)
+            failed = next((r for r in results if isinstance(r, ImageError)), None)
+            if failed is not None:
+                self.ledger.reject(failed.reason, unit.where, str(failed))
+                continue
+            self.images.update("cached" if r.cached else "converted" for r in results)
+            try:
+                recs = list(self.build(unit, results[0], self.ledger))
+            except Exception as e:  # one odd input must not stop a day-long job
+                self.ledger.reject("converter error", unit.where, f"{type(e).__name__}: {e}")
+                continue
+            if unit.extra:
+                views = [unit.dst] + [dst for _, dst in unit.extra]
+                recs = [{**rec, "image": views} for rec in recs]
+            for rec in recs:
+                self.write(rec, unit)
+
+    def write(self, rec: dict, unit: Unit) -> None:
+        try:
+            validate_record(rec)
+        except RecordError as e:
+            self.ledger.reject("invalid record", unit.where, f"{rec.get('id')}: {e}")
+            return
+        self.writer.write(rec)
+        self.tasks[rec["task"]] += 1
+        self.splits[rec["split"]] += 1
 
 
 def main(module, argv: list[str] | None = None) -> Ledger:
@@ -234,6 +250,7 @@ def main(module, argv: list[str] | None = None) -> Ledger:
     if hasattr(module, "add_args"):
         module.add_args(parser)
     args = parser.parse_args(argv)
+    setup_logging()
     root = Path(args.root)
     if not root.is_dir():
         parser.error(f"--root {root} is not a folder")

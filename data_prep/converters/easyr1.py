@@ -2,7 +2,7 @@
 
     python -m data_prep.converters.easyr1 export --data outputs/mixture --stage grpo --out data/easyr1
     python -m data_prep.converters.easyr1 import --input train.parquet --out data/imported \\
-        [--frame-from outputs/phantom | --max-pixels 262144] [--source NAME] [--split train]
+        [--frame_from outputs/phantom | --max_pixels 262144] [--source NAME] [--split train]
 
 An EasyR1 dataset (as hiyouga/geometry3k) has ``images`` (a list of paths or ``{bytes, path}``),
 ``problem`` (text with one ``<image>`` placeholder per image) and ``answer``. DeepMedix-R1 trained
@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 import yaml
 
-from data_prep.errors import user_errors
+from data_prep.errors import OpenMedixError, setup_logging, user_errors
 from data_prep.families import DEFAULT_FAMILY, FAMILIES
 from data_prep.frame import FACTOR, PAPER_MAX_PIXELS, QWEN_MIN_PIXELS, read_frame, write_frame
 from data_prep.io import RECORDS, atomic_write_text, image_paths, read_records
@@ -53,6 +54,12 @@ FORMAT_PROMPT = "format_prompt.jinja"
 # Our columns besides EasyR1's three; boxes and meta as JSON text (nested lists of structs trip collators).
 EXTRA_COLUMNS = ("id", "task", "source", "split", "width", "height", "patient_id", "study_id", "reasoning")
 JSON_COLUMNS = ("boxes", "meta")
+log = logging.getLogger(__name__)
+
+
+class ExportError(OpenMedixError, ValueError):
+    """What to export is not there: a mixture without a stage named, a folder that is no dataset, no
+    records left after the filters."""
 
 
 def problem_text(record: dict) -> str:
@@ -87,10 +94,10 @@ def load_source(data: str | Path, stage: str | None) -> tuple[list[dict], Path, 
 
         if not stage:
             stages = sorted({p.name.split("-")[0] for p in (data / "data").glob("*.parquet")})
-            raise SystemExit(f"{data} is a mixture: name its stage with --stage ({', '.join(stages)})")
+            raise ExportError(f"{data} is a mixture: name its stage with --stage ({', '.join(stages)})")
         return load_mixture(data, stage), data, read_frame(data)
     if not (data / RECORDS).exists():
-        raise SystemExit(f"{data}: neither a dataset folder ({RECORDS}) nor a mixture folder (mixture.json)")
+        raise ExportError(f"{data}: neither a dataset folder ({RECORDS}) nor a mixture folder (mixture.json)")
     return read_records(data), data, read_frame(data)
 
 
@@ -113,7 +120,7 @@ def export(
         r for r in records if (not tasks or r["task"] in tasks) and (not splits or r["split"] in splits)
     ]
     if not records:
-        raise SystemExit(f"{data}: no records for splits={splits} tasks={tasks}")
+        raise ExportError(f"{data}: no records for splits={splits} tasks={tasks}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -131,13 +138,13 @@ def export(
         write_frame(
             out, frame["min_pixels"], frame["max_pixels"], frame.get("factor", FACTOR), frame.get("family")
         )
-    credentialed = sorted({r["source"] for r in records if is_credentialed(r["source"])})
-    if progress:
-        print(f"EasyR1 dataset in {out}: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
-        if credentialed:
-            print(
-                f"note: holds credentialed data ({', '.join(credentialed)}): keep it local, never in git or a hub"
-            )
+    log.info("EasyR1 dataset in %s: %s", out, ", ".join(f"{s} {n}" for s, n in counts.items()))
+    if credentialed := sorted({r["source"] for r in records if is_credentialed(r["source"])}):
+        log.warning(
+            "%s holds credentialed data (%s): keep it local, never in git or a hub",
+            out,
+            ", ".join(credentialed),
+        )
     return counts
 
 
@@ -205,15 +212,16 @@ def main(argv: list[str] | None = None) -> None:
     im.add_argument(
         "--split", choices=SPLITS, help="split of every row (default: a split column, else train)"
     )
-    im.add_argument("--frame-from", help="dataset folder whose frame.json to convert images into")
-    im.add_argument("--min-pixels", type=int, default=QWEN_MIN_PIXELS)
-    im.add_argument("--max-pixels", type=int, default=PAPER_MAX_PIXELS)
+    im.add_argument("--frame_from", help="dataset folder whose frame.json to convert images into")
+    im.add_argument("--min_pixels", type=int, default=QWEN_MIN_PIXELS)
+    im.add_argument("--max_pixels", type=int, default=PAPER_MAX_PIXELS)
     im.add_argument(
         "--family", choices=list(FAMILIES), default=DEFAULT_FAMILY, help="model family of the frame"
     )
-    im.add_argument("--image-root", help="folder relative image paths start from (default: the input's)")
+    im.add_argument("--image_root", help="folder relative image paths start from (default: the input's)")
     im.add_argument("--workers", type=int, default=1)
     args = ap.parse_args(argv)
+    setup_logging()
     # bad input is one line; OPENMEDIX_DEBUG=1 shows the traceback (data_prep.errors)
     with user_errors(f"easyr1 {args.cmd}", FileNotFoundError, ValueError, yaml.YAMLError):
         if args.cmd == "export":
@@ -222,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.frame_from:
             frame = read_frame(args.frame_from)
             if frame is None:
-                raise SystemExit(f"--frame-from {args.frame_from}: no frame.json there")
+                raise FileNotFoundError(f"--frame_from {args.frame_from}: no frame.json there")
         else:
             frame = {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "family": args.family}
         frame = {k: frame[k] for k in ("min_pixels", "max_pixels", "family") if k in frame}

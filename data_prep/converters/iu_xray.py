@@ -1,13 +1,13 @@
 """IU X-ray / OpenI (NLMCXR XML reports + PNG images) -> report_findings / report_impression.
 
 Usage:
-    python -m data_prep.converters.iu_xray --root NLMCXR --out data/iu-xray [--images DIR] [--all-images]
+    python -m data_prep.converters.iu_xray --root NLMCXR --out data/iu-xray [--images DIR] [--all_images]
 
 Reads the reports from --root/ecgen-radiology/*.xml or straight from --root/NLMCXR_reports.tgz
 (AbstractText Label="FINDINGS" / "IMPRESSION"; de-identification "XXXX" kept as is) and the
 images each report names (<parentImage id="CXR1_1_IM-0001-3001">) as <id>.png under --images
 (default: --root/NLMCXR_png, --root/images or --root). One record pair per report with its
-first image (--all-images: one per image). No official split: patients (one report = one
+first image (--all_images: one per image). No official split: patients (one report = one
 patient, id CXR<n>) are split 70/10/20 by a hash of the id.
 """
 
@@ -29,7 +29,7 @@ SOURCE = "iu-xray"
 
 def add_args(p):
     p.add_argument("--images", default=None, help="folder holding <image id>.png")
-    p.add_argument("--all-images", action="store_true", help="one record pair per image, not per report")
+    p.add_argument("--all_images", action="store_true", help="one record pair per image, not per report")
 
 
 def _number(name: str) -> int:

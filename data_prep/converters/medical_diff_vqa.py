@@ -2,16 +2,16 @@
 
 Usage:
     python -m data_prep.converters.medical_diff_vqa --root physionet.org/files/medical-diff-vqa/1.0.0 \\
-        --mimic-root physionet.org/files/mimic-cxr-jpg/2.1.0 --out data/medical-diff-vqa
+        --mimic_root physionet.org/files/mimic-cxr-jpg/2.1.0 --out data/medical-diff-vqa
 
 Reads mimic_pair_questions.csv (study_id, subject_id, ref_id, question_type, question,
 answer, split) and, to find each study's image, mimic_all.csv (study_id, dicom_id, view)
-under --root when present, else the MIMIC-CXR-JPG split/metadata CSVs under --mimic-root
+under --root when present, else the MIMIC-CXR-JPG split/metadata CSVs under --mimic_root
 (PA, else AP, else another view). Images: files/p1X/p<subject>/s<study>/<dicom_id>.jpg under
---mimic-root (default --root). Split: the CSV's (val -> validation). question_type is kept
+--mimic_root (default --root). Split: the CSV's (val -> validation). question_type is kept
 in meta; "abnormality" answers (comma lists) become " | " lists. "difference" questions compare
 two studies and need both images, which this one-image schema cannot show: they are skipped
-(counted) unless --include-difference, which keeps them with the reference study in meta.
+(counted) unless --include_difference, which keeps them with the reference study in meta.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ VIEW_NAMES = {"postero-anterior": "PA", "antero-posterior": "AP"}
 
 
 def add_args(p):
-    p.add_argument("--mimic-root", default=None, help="MIMIC-CXR-JPG folder holding files/ (default --root)")
-    p.add_argument("--include-difference", action="store_true", help="keep two-image 'difference' questions")
+    p.add_argument("--mimic_root", default=None, help="MIMIC-CXR-JPG folder holding files/ (default --root)")
+    p.add_argument("--include_difference", action="store_true", help="keep two-image 'difference' questions")
 
 
 def study_images(root: Path, mimic: Path) -> dict[str, tuple[str, str]]:
@@ -59,7 +59,7 @@ def units(args, ledger):
         ledger.read += 1
         where = f"{qa.name}:{line}"
         if row.get("question_type") == "difference" and not args.include_difference:
-            count(ledger, "skipped", "difference question (two images; --include-difference keeps it)")
+            count(ledger, "skipped", "difference question (two images; --include_difference keeps it)")
             continue
         split = norm_split(row.get("split"))
         if split is None or not row.get("question", "").strip() or not row.get("answer", "").strip():

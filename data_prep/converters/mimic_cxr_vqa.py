@@ -2,12 +2,12 @@
 
 Usage:
     python -m data_prep.converters.mimic_cxr_vqa --root mimiccxrvqa \\
-        --mimic-root physionet.org/files/mimic-cxr-jpg/2.1.0 --out data/mimic-cxr-vqa
+        --mimic_root physionet.org/files/mimic-cxr-jpg/2.1.0 --out data/mimic-cxr-vqa
 
 Reads the answered release files train.json / valid.json / test.json (under --root,
 --root/dataset or --root/*/dataset): each a list of {split, idx, image_id, question,
 content_type, semantic_type, template, template_arguments, answer, subject_id, study_id,
-image_path}. Images: image_path under --mimic-root (default --root), also tried under files/,
+image_path}. Images: image_path under --mimic_root (default --root), also tried under files/,
 else built from the ids. The answer (a string or a list) becomes " | "-joined text; an empty
 list becomes "none" (counted). Split: the file (valid -> validation). Question types
 (content_type, semantic_type, template) are kept in meta.
@@ -29,7 +29,7 @@ FILES = (("train.json", "train"), ("valid.json", "validation"), ("test.json", "t
 
 
 def add_args(p):
-    p.add_argument("--mimic-root", default=None, help="MIMIC-CXR-JPG folder holding files/ (default --root)")
+    p.add_argument("--mimic_root", default=None, help="MIMIC-CXR-JPG folder holding files/ (default --root)")
 
 
 def find_json(root: Path, name: str) -> Path | None:

@@ -2,11 +2,11 @@
 
 Usage:
     python -m data_prep.converters.ms_cxr --root physionet.org/files/ms-cxr/1.1.0 \\
-        --mimic-root physionet.org/files/mimic-cxr-jpg/2.1.0 --out data/ms-cxr
+        --mimic_root physionet.org/files/mimic-cxr-jpg/2.1.0 --out data/ms-cxr
 
 Reads MS_CXR_Local_Alignment_v1.1.0.csv (or v1.0.0): dicom_id, category_name, label_text,
 path, x, y, w, h, image_width, image_height[, split]; boxes x, y, w, h in original MIMIC-CXR
-pixels. Images: `path` (files/p1X/p.../s.../<dicom_id>.jpg) under --mimic-root (default
+pixels. Images: `path` (files/p1X/p.../s.../<dicom_id>.jpg) under --mimic_root (default
 --root). Per image and phrase: one grounding record (question quotes the phrase; label = the
 category). When the JPG's size differs from image_width/height, boxes are scaled from the
 declared size. Split: the CSV's split column (val -> validation); without it, a hash of the
@@ -28,7 +28,7 @@ CSV_NAMES = ("MS_CXR_Local_Alignment_v1.1.0.csv", "MS_CXR_Local_Alignment_v1.0.0
 
 
 def add_args(p):
-    p.add_argument("--mimic-root", default=None, help="MIMIC-CXR-JPG folder holding files/ (default --root)")
+    p.add_argument("--mimic_root", default=None, help="MIMIC-CXR-JPG folder holding files/ (default --root)")
 
 
 def ids_from_path(path: str) -> tuple[str, str]:

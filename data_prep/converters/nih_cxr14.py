@@ -1,13 +1,13 @@
 """NIH ChestX-ray14 -> classification, presence VQA and (for the boxed subset) grounding records.
 
 Usage:
-    python -m data_prep.converters.nih_cxr14 --root ChestX-ray14 --out data/nih-cxr14 [--val-fraction 0.1]
+    python -m data_prep.converters.nih_cxr14 --root ChestX-ray14 --out data/nih-cxr14 [--val_fraction 0.1]
 
 Reads Data_Entry_2017_v2020.csv (or Data_Entry_2017.csv; its bracketed headers are repaired,
 see tables.fix_headers), BBox_List_2017.csv (x, y, w, h in the 1024 x 1024 PNG frame;
 "Infiltrate" there = "Infiltration"), the official train_val_list.txt / test_list.txt, and the
 PNGs in images/ or images_0XX/images/. Split: test_list -> test; train_val_list -> train, with
---val-fraction of its patients (by hash) -> validation. Per image: a classification record
+--val_fraction of its patients (by hash) -> validation. Per image: a classification record
 (Finding Labels, or "No Finding"), presence questions (yes for each label, no for --negatives
 absent ones) and one grounding record per boxed label.
 """
@@ -54,7 +54,7 @@ ALIASES = {"Infiltrate": "Infiltration", "Pleural_Thickening": "Pleural Thickeni
 
 def add_args(p):
     p.add_argument(
-        "--val-fraction", type=float, default=0.1, help="share of train_val patients -> validation"
+        "--val_fraction", type=float, default=0.1, help="share of train_val patients -> validation"
     )
     p.add_argument("--negatives", type=int, default=2, help="'no' presence questions per image")
 

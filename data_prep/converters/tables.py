@@ -16,8 +16,10 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from data_prep.errors import OpenMedixError
 
-class MissingColumnsError(ValueError):
+
+class MissingColumnsError(OpenMedixError, ValueError):
     """A dataset file lacks a column the converter reads: the user's to fix (common.main prints it as
     one line: the file, the missing columns, the columns found)."""
 

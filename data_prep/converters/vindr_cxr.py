@@ -8,7 +8,7 @@ class_name, x_min, y_min, x_max, y_max; images {train,test}/<image_id>.dicom) or
 is absent, the Kaggle release (train.csv with class_id as well; images train/<image_id>.dicom).
 Boxes are in original DICOM pixels. Several readers annotate each image: per class, boxes of
 different readers overlapping with IoU >= --iou are merged into their mean box, kept when
-drawn by at least --min-readers readers. Per image: one grounding record per class present
+drawn by at least --min_readers readers. Per image: one grounding record per class present
 (answer: its boxes), one classification record (present classes, or "No finding"), and
 presence questions (yes for each present class, no for --negatives absent classes).
 Split: the release's train / test. VinDr-CXR publishes no patient ids: each image is its own
@@ -54,7 +54,7 @@ NO_FINDING = "No finding"
 
 def add_args(p):
     p.add_argument("--iou", type=float, default=0.4, help="IoU linking boxes of different readers")
-    p.add_argument("--min-readers", type=int, default=1, help="readers needed for a merged box to count")
+    p.add_argument("--min_readers", type=int, default=1, help="readers needed for a merged box to count")
     p.add_argument("--negatives", type=int, default=2, help="'no' presence questions per image")
 
 

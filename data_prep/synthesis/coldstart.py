@@ -26,17 +26,17 @@ counted as failed, not rejected: a rerun retries them (exit code 1 says there we
 unexpected error on one record stops the run (before more is spent), that record counted as failed.
 A record whose image lies outside the dataset folder (data_prep.io.resolve_image) is rejected
 unread: nothing a record merely names is sent. Credentialed sources (MIMIC-CXR, VinDr, ...)
-are never sent to an endpoint off this machine without --allow-remote-credentialed.
+are never sent to an endpoint off this machine without --allow_remote_credentialed.
 
 Usage:
     # no API: deterministic reasoning from the phantom data's known findings
     python -m data_prep.synthesis.coldstart --data data/phantom --out data/coldstart --teacher offline
     # a local vLLM server (`vllm serve Qwen/Qwen2.5-VL-32B-Instruct`)
     python -m data_prep.synthesis.coldstart --data data/mix --out data/coldstart --teacher openai \
-        --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-VL-32B-Instruct
-    # OpenAI (key from $OPENAI_API_KEY); --dry-run prints the request and sends nothing
+        --base_url http://localhost:8000/v1 --model Qwen/Qwen2.5-VL-32B-Instruct
+    # OpenAI (key from $OPENAI_API_KEY); --dry_run prints the request and sends nothing
     python -m data_prep.synthesis.coldstart --data data/mix --out data/coldstart --teacher openai \
-        --base-url https://api.openai.com/v1 --model gpt-4.1 --dry-run
+        --base_url https://api.openai.com/v1 --model gpt-4.1 --dry_run
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from data_prep.errors import OpenMedixError, setup_logging, user_errors
 from data_prep.frame import IMAGE_ROOTS, frame_rule, read_frame
 from data_prep.io import (
     OUTSIDE,
@@ -87,7 +88,7 @@ from data_prep.synthesis.teacher import (
 )
 from rewards.boxes import INVALID, MIN_BOX_SIDE, box_status
 from rewards.grounded import answer_kind, answer_score, format_score, normalize_answer
-from rewards.parsing import BOX_RE, format_box, parse
+from rewards.parsing import BOX_RE, format_box, parse, strip_think
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 KEPT_FILE, REJECTS_FILE, LEDGER_FILE, LOCK_FILE = (
@@ -115,12 +116,23 @@ that you hold.
 
 Use a local OpenAI-compatible server instead, e.g.
     vllm serve Qwen/Qwen2.5-VL-32B-Instruct --port 8000
-and pass --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-VL-32B-Instruct
-(--judge-base-url likewise), or make the cold-start set from non-credentialed sources.
-If your remote endpoint meets those terms, pass --allow-remote-credentialed to say so."""
+and pass --base_url http://localhost:8000/v1 --model Qwen/Qwen2.5-VL-32B-Instruct
+(--judge_base_url likewise), or make the cold-start set from non-credentialed sources.
+If your remote endpoint meets those terms, pass --allow_remote_credentialed to say so."""
 
 
-class Rejected(Exception):
+class ColdstartError(OpenMedixError, ValueError):
+    """The data, the prompt templates or OUT do not allow a run: the user's to fix."""
+
+
+class RunStopped(OpenMedixError, RuntimeError):
+    """The run stopped early (an endpoint refusing the key, an unexpected error, Ctrl-C); what was
+    finished is kept and a rerun goes on from there."""
+
+
+class Rejected(OpenMedixError):
+    """A completion the filters do not keep: the ledger's reason and its detail."""
+
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
@@ -144,7 +156,7 @@ def render(template: string.Template, values: dict) -> str:
     try:
         return template.substitute(values).strip()
     except (KeyError, ValueError) as e:
-        raise SystemExit(
+        raise ColdstartError(
             f"A prompt template uses an unknown placeholder {e} (known: {', '.join('$' + k for k in values)}; "
             "write a literal dollar sign as $$)."
         ) from None
@@ -215,7 +227,7 @@ def check_completion(record: dict, text: str, finish_reason: str | None = None) 
     ``answer_score`` 1 (reports: >= MIN_REPORT_SCORE).
     """
     if finish_reason == "length":
-        raise Rejected("format: cut off at the token limit", "raise --max-tokens")
+        raise Rejected("format: cut off at the token limit", "raise --max_tokens")
     if finish_reason == "content_filter":
         raise Rejected("teacher refused: content filter")
     p = parse(text)
@@ -284,7 +296,7 @@ def judge_reasoning(judge: ChatEndpoint, record: dict, image_path: Path, reasoni
     for box, sentence in cited_boxes(reasoning):
         msgs = judge_messages(box_drawn_url(image, box, record), box, sentence, record, templates)
         reply = judge.complete(msgs, temperature=0.0, max_completion_tokens=8)
-        verdict = re.sub(r"<think>.*?</think>", "", reply.text, flags=re.DOTALL).strip().lower()
+        verdict = strip_think(reply.text).strip().lower()
         word = re.match(r"\W*(\w+)", verdict)
         if word and word.group(1) == "yes":
             continue
@@ -393,7 +405,7 @@ def copy_frame(data_dir: Path, out_dir: Path) -> None:
     kept records point at the source's images (data_prep.io.resolve_image reads them from here)."""
     src, dst = read_frame(data_dir), read_frame(out_dir)
     if src is not None and dst is not None and frame_rule(dst) != frame_rule(src):
-        raise SystemExit(
+        raise ColdstartError(
             f"{out_dir}/frame.json ({dst}) differs from {data_dir}/frame.json ({src}): the boxes of "
             "the two would not share a frame. Use another --out."
         )
@@ -427,13 +439,15 @@ def check_data_use(records: list[dict], endpoints: list[tuple[str, str]], allow_
             continue
         if not allow_remote:
             sources = ", ".join(f"{s}: {n}" for s, n in creds.most_common())
-            raise SystemExit(
+            raise ColdstartError(
                 DATA_USE_REFUSAL.format(n=sum(creds.values()), sources=sources, role=role, url=url)
             )
-        print(
-            f"WARNING: sending {sum(creds.values())} credentialed record(s) to the remote {role} endpoint "
-            f"{url} (--allow-remote-credentialed: you confirmed zero retention, no training use, no human review).",
-            file=sys.stderr,
+        log.warning(
+            "WARNING: sending %d credentialed record(s) to the remote %s endpoint %s (--allow_remote_credentialed: "
+            "you confirmed zero retention, no training use, no human review).",
+            sum(creds.values()),
+            role,
+            url,
         )
 
 
@@ -456,10 +470,38 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m data_prep.synthesis.coldstart",
         description="Synthesise grounded cold-start reasoning with a teacher model, filtered.",
     )
+    add_data_args(p)
+    add_teacher_args(p)
+    add_request_args(p)
+    add_judge_args(p)
+    p.add_argument(
+        "--allow_remote_credentialed",
+        action="store_true",
+        help="I confirm the remote endpoint keeps no data, trains on none and has no human review",
+    )
+    p.add_argument("--dry_run", action="store_true", help="print one request and send nothing")
+    args = p.parse_args(argv)
+    if args.teacher == "openai" and not (args.base_url and args.model):
+        p.error("--teacher openai needs --base_url and --model")
+    if bool(args.judge_base_url) != bool(args.judge_model):
+        p.error("--judge_base_url and --judge_model go together")
+    if args.offline_unboxed and (args.teacher != "offline" or args.offline_style != "survey"):
+        p.error("--offline_unboxed applies to the offline teacher's survey style (--offline_style survey)")
+    if args.api_key_env is None:
+        args.api_key_env = "AZURE_OPENAI_API_KEY" if args.azure_api_version else "OPENAI_API_KEY"
+    args.judge_api_key_env = args.judge_api_key_env or args.api_key_env
+    return args
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder (records.jsonl)")
     p.add_argument("--split", default="train", help="default: %(default)s")
     p.add_argument("--limit", type=int, default=None, help="first N records of the split")
     p.add_argument("--out", required=True, help="output dataset folder (created; reruns resume)")
+    p.add_argument("--templates", default=str(TEMPLATE_DIR), help="folder of the prompt templates")
+
+
+def add_teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--teacher",
         choices=("openai", "offline"),
@@ -467,14 +509,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="offline: no API, phantom-style records (default: %(default)s)",
     )
     p.add_argument(
-        "--offline-style",
+        "--offline_style",
         choices=STYLES,
         default="per-question",
         help="offline teacher: 'survey' reads the whole study first (phantom records), then answers; "
         "'per-question' cites only the question's boxes (default: %(default)s)",
     )
     p.add_argument(
-        "--offline-unboxed",
+        "--offline_unboxed",
         type=parse_unboxed,
         default={},
         metavar="NAME=RATE,...",
@@ -482,74 +524,59 @@ def parse_args(argv=None) -> argparse.Namespace:
         "as a teacher that localises only what it was asked (the demo: 'cardiomegaly=0.67,pleural "
         "effusion=0.67'); answers and the records' boxes stay exact",
     )
-    p.add_argument("--base-url", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    p.add_argument("--base_url", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
     p.add_argument("--model", help="teacher model (Azure: the deployment name)")
     p.add_argument(
-        "--api-key-env",
+        "--api_key_env",
         default=None,
         help="env var holding the key (OPENAI_API_KEY; Azure: AZURE_OPENAI_API_KEY)",
     )
-    p.add_argument("--azure-api-version", default=None, help="use Azure OpenAI with this api-version")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.7, help="default: %(default)s")
+    p.add_argument("--azure_api_version", default=None, help="use Azure OpenAI with this api-version")
     p.add_argument(
-        "--max-tokens",
-        type=int,
-        default=1024,
-        help="completion token limit per request (default: %(default)s)",
-    )
-    p.add_argument(
-        "--image-detail",
-        choices=("low", "high", "auto"),
-        default="high",
-        help="OpenAI image detail (default: %(default)s)",
-    )
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: %(default)s)")
-    p.add_argument("--max-retries", type=int, default=5, help="per request (default: %(default)s)")
-    p.add_argument(
-        "--backoff-base",
-        type=float,
-        default=1.0,
-        help="first retry wait in seconds, doubling, with jitter (default: %(default)s)",
-    )
-    p.add_argument(
-        "--backoff-max", type=float, default=60.0, help="longest backoff wait (default: %(default)s)"
-    )
-    p.add_argument("--judge-base-url", default=None, help="second endpoint that checks each cited box")
-    p.add_argument("--judge-model", default=None)
-    p.add_argument("--judge-api-key-env", default=None, help="default: the teacher's")
-    p.add_argument(
-        "--price-in",
+        "--price_in",
         type=float,
         default=None,
         help=f"USD per 1M prompt tokens (default {DEFAULT_PRICE_IN}, local 0)",
     )
     p.add_argument(
-        "--price-out",
+        "--price_out",
         type=float,
         default=None,
         help=f"USD per 1M completion tokens (default {DEFAULT_PRICE_OUT}, local 0)",
     )
-    p.add_argument("--judge-price-in", type=float, default=None)
-    p.add_argument("--judge-price-out", type=float, default=None)
-    p.add_argument("--templates", default=str(TEMPLATE_DIR), help="folder of the prompt templates")
+
+
+def add_request_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.7, help="default: %(default)s")
     p.add_argument(
-        "--allow-remote-credentialed",
-        action="store_true",
-        help="I confirm the remote endpoint keeps no data, trains on none and has no human review",
+        "--max_tokens",
+        type=int,
+        default=1024,
+        help="completion token limit per request (default: %(default)s)",
     )
-    p.add_argument("--dry-run", action="store_true", help="print one request and send nothing")
-    args = p.parse_args(argv)
-    if args.teacher == "openai" and not (args.base_url and args.model):
-        p.error("--teacher openai needs --base-url and --model")
-    if bool(args.judge_base_url) != bool(args.judge_model):
-        p.error("--judge-base-url and --judge-model go together")
-    if args.offline_unboxed and (args.teacher != "offline" or args.offline_style != "survey"):
-        p.error("--offline-unboxed applies to the offline teacher's survey style (--offline-style survey)")
-    if args.api_key_env is None:
-        args.api_key_env = "AZURE_OPENAI_API_KEY" if args.azure_api_version else "OPENAI_API_KEY"
-    args.judge_api_key_env = args.judge_api_key_env or args.api_key_env
-    return args
+    p.add_argument(
+        "--image_detail",
+        choices=("low", "high", "auto"),
+        default="high",
+        help="OpenAI image detail (default: %(default)s)",
+    )
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: %(default)s)")
+    p.add_argument(
+        "--max_retries",
+        type=int,
+        default=5,
+        help="per request: the openai client's retries (backoff, Retry-After), malformed replies included "
+        "(default: %(default)s)",
+    )
+
+
+def add_judge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--judge_base_url", default=None, help="second endpoint that checks each cited box")
+    p.add_argument("--judge_model", default=None)
+    p.add_argument("--judge_api_key_env", default=None, help="default: the teacher's")
+    p.add_argument("--judge_price_in", type=float, default=None)
+    p.add_argument("--judge_price_out", type=float, default=None)
 
 
 def price(given: float | None, default: float, url: str | None) -> float:
@@ -566,7 +593,7 @@ def exclusive(out_dir: Path):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SystemExit(
+            raise ColdstartError(
                 f"Another coldstart run is writing to {out_dir}; wait for it or use another --out."
             ) from None
         yield
@@ -673,25 +700,25 @@ def endpoint(args, role: str, stop: threading.Event) -> ChatEndpoint:
         azure_api_version=None if judge else args.azure_api_version,
         timeout=args.timeout,
         max_retries=args.max_retries,
-        backoff_base=args.backoff_base,
-        backoff_max=args.backoff_max,
         stop=stop,
     )
 
 
-def print_dry_run(args, job: Job, pending: list[dict], out_dir: Path) -> None:
+def dry_run(job: Job, pending: list[dict], out_dir: Path, base_url: str | None) -> str:
+    """What a run would send to ``base_url`` for the first pending record (None: the offline teacher,
+    what it would write)."""
     if not pending:
-        print(f"Nothing to send: every selected record is already kept or rejected in {out_dir}.")
-    elif args.teacher == "offline":
-        print(json.dumps({"teacher": "offline", "completion": offline_completion(pending[0])}, indent=2))
-    else:
-        try:
-            request = {"base_url": args.base_url, **truncate_images(job.teacher_request(pending[0]))}
-        except ImagePathError as e:  # a run rejects it unread; the dry run says so instead of a traceback
-            print(f"(dry run: nothing sent; the first record would be rejected: {e})", file=sys.stderr)
-            return
-        print(json.dumps(request, indent=2, ensure_ascii=False))
-        print(f"(dry run: nothing sent; {len(pending)} record(s) would be sent)", file=sys.stderr)
+        return f"Nothing to send: every selected record is already kept or rejected in {out_dir}."
+    if base_url is None:  # the offline teacher
+        completion = offline_completion(pending[0], job.offline_style, job.offline_unboxed)
+        return json.dumps({"teacher": "offline", "completion": completion}, indent=2)
+    try:
+        request = {"base_url": base_url, **truncate_images(job.teacher_request(pending[0]))}
+    except ImagePathError as e:  # a run rejects it unread; the dry run says so instead of a traceback
+        log.info("(dry run: nothing sent; the first record would be rejected: %s)", e)
+        return ""
+    log.info("(dry run: nothing sent; %d record(s) would be sent)", len(pending))
+    return json.dumps(request, indent=2, ensure_ascii=False)
 
 
 def usage_and_cost(args, job: Job) -> dict:
@@ -717,35 +744,54 @@ def usage_and_cost(args, job: Job) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    setup_logging()
+    with user_errors("coldstart", OpenMedixError, FileNotFoundError):
+        records, data_dir, out_dir = select_records(args)
+        with exclusive(out_dir):
+            job, pending, before = prepare(args, records, data_dir, out_dir)
+            if args.dry_run:
+                base_url = args.base_url if args.teacher == "openai" else None
+                if text := dry_run(job, pending, out_dir, base_url):
+                    print(text)  # the command's result: the request, or the offline completion
+                return 0
+            return run(args, job, records, pending, before)
+
+
+def select_records(args) -> tuple[list[dict], Path, Path]:
+    """(the selected records, the dataset folder, OUT), checked: OUT is not the data's folder, every
+    line reads, and ids are unique (a rerun resumes by id)."""
     data = Path(args.data)
     data_dir = data if data.is_dir() else data.parent
     out_dir = Path(args.out)
     if out_dir.resolve() == data_dir.resolve():
-        raise SystemExit("--out must differ from the --data folder (its records.jsonl would be replaced).")
+        raise ColdstartError(
+            "--out must differ from the --data folder (its records.jsonl would be replaced)."
+        )
     try:
         records = read_records(data, args.split)[: args.limit]
-    except RecordError as e:  # a line that is not UTF-8 or JSON, an invalid record: file:line, no traceback
-        raise SystemExit(
+    except RecordError as e:  # a line that is not UTF-8 or JSON, an invalid record: file:line
+        raise ColdstartError(
             f"{e}\nFix or remove that line of {data}, then run the same command again."
         ) from None
     dupes = [rid for rid, n in Counter(r["id"] for r in records).items() if n > 1]
     if dupes:
-        raise SystemExit(f"{data}: duplicate record ids {dupes[:5]}; ids must be unique to resume safely.")
-    with exclusive(out_dir):
-        return run(args, records, data_dir, out_dir)
+        raise ColdstartError(
+            f"{data}: duplicate record ids {dupes[:5]}; ids must be unique to resume safely."
+        )
+    return records, data_dir, out_dir
 
 
-def run(args, records: list[dict], data_dir: Path, out_dir: Path) -> int:
+def prepare(args, records: list[dict], data_dir: Path, out_dir: Path) -> tuple[Job, list[dict], dict]:
+    """The job, the records still to do (those neither kept nor rejected in OUT, checked against the
+    data-use rule) and how many of the selected ones were {"already_kept", "already_rejected"}."""
     for path in (out_dir / KEPT_FILE, out_dir / REJECTS_FILE):
         repair_tail(path)
     kept_before, rejected_before = ids_in(out_dir / KEPT_FILE), ids_in(out_dir / REJECTS_FILE)
     pending = [r for r in records if r["id"] not in kept_before | rejected_before]
-
     endpoints = [("teacher", args.base_url)] if args.teacher == "openai" else []
     if args.judge_base_url:
         endpoints.append(("judge", args.judge_base_url))
     check_data_use(pending, endpoints, args.allow_remote_credentialed)
-
     job = Job(
         data_dir=data_dir,
         out_dir=out_dir,
@@ -756,49 +802,62 @@ def run(args, records: list[dict], data_dir: Path, out_dir: Path) -> int:
         request_params={"temperature": args.temperature, "max_completion_tokens": args.max_tokens},
         image_detail=args.image_detail,
     )
-    if args.dry_run:
-        print_dry_run(args, job, pending, out_dir)
-        return 0
-    stop = threading.Event()
-    job.teacher = endpoint(args, "teacher", stop) if args.teacher == "openai" else None
-    job.judge = endpoint(args, "judge", stop) if args.judge_base_url else None
+    before = {
+        "already_kept": sum(r["id"] in kept_before for r in records),
+        "already_rejected": sum(r["id"] in rejected_before for r in records),
+    }
+    return job, pending, before
 
-    ledger = Ledger("coldstart")
-    ledger.read = len(records)
-    start = time.time()
-    already_kept = sum(r["id"] in kept_before for r in records)
-    already_rejected = sum(r["id"] in rejected_before for r in records)
 
-    def save_ledger(stopped: str | None = None) -> None:
-        done = results.counts()
-        ledger.extra.update(
+@dataclass
+class LedgerFile:
+    """OUT/ledger.json, rewritten after every record: what a killed run leaves adds up too."""
+
+    args: argparse.Namespace
+    job: Job
+    ledger: Ledger
+    out_dir: Path
+    n_pending: int
+    before: dict
+    start: float = field(default_factory=time.time)
+
+    def save(self, results: Results, stopped: str | None = None) -> None:
+        done, job = results.counts(), self.job
+        offline = {"offline_style": job.offline_style, "offline_unboxed": job.offline_unboxed}
+        self.ledger.extra.update(
             {
                 "teacher": job.teacher_name,
-                **(
-                    {"offline_style": job.offline_style, "offline_unboxed": job.offline_unboxed}
-                    if not job.teacher
-                    else {}
-                ),
-                "base_url": args.base_url if job.teacher else None,
-                "judge": args.judge_model,
-                "already_kept": already_kept,
-                "already_rejected": already_rejected,
+                **(offline if not job.teacher else {}),
+                "base_url": self.args.base_url if job.teacher else None,
+                "judge": self.args.judge_model,
+                **self.before,
                 "failed": done["failed"],
                 "failed_by_reason": dict(results.failed),
                 "failed_ids": list(results.failed_ids),
-                "unfinished": len(pending) - sum(done.values()),
-                "seconds": round(time.time() - start, 1),
-                **usage_and_cost(args, job),
+                "unfinished": self.n_pending - sum(done.values()),
+                "seconds": round(time.time() - self.start, 1),
+                **usage_and_cost(self.args, job),
             }
         )
-        ledger.extra.pop("stopped", None)
+        self.ledger.extra.pop("stopped", None)
         if stopped:
-            ledger.extra["stopped"] = stopped
-        atomic_write_text(out_dir / LEDGER_FILE, json.dumps(ledger.as_dict(), indent=2) + "\n")
+            self.ledger.extra["stopped"] = stopped
+        atomic_write_text(self.out_dir / LEDGER_FILE, json.dumps(self.ledger.as_dict(), indent=2) + "\n")
 
-    # rewritten after every record: what a killed run leaves adds up too
-    running = "unfinished: written while the run went on (killed, if no run holds OUT now)"
-    results = Results(out_dir, ledger, on_add=lambda: save_ledger(running))
+
+RUNNING = "unfinished: written while the run went on (killed, if no run holds OUT now)"
+
+
+def run(args, job: Job, records: list[dict], pending: list[dict], before: dict) -> int:
+    """Send the pending records, write OUT as they finish; 1 when some failed (a rerun retries them).
+    Raises RunStopped when the run stopped early."""
+    stop = threading.Event()
+    job.teacher = endpoint(args, "teacher", stop) if args.teacher == "openai" else None
+    job.judge = endpoint(args, "judge", stop) if args.judge_base_url else None
+    ledger = Ledger("coldstart")
+    ledger.read = len(records)
+    ledger_file = LedgerFile(args, job, ledger, job.out_dir, len(pending), before)
+    results = Results(job.out_dir, ledger, on_add=lambda: ledger_file.save(results, RUNNING))
     stopped = None
     try:
         stopped = drive(job, pending, max(1, args.concurrency), stop, results)
@@ -807,20 +866,16 @@ def run(args, records: list[dict], data_dir: Path, out_dir: Path) -> int:
         raise
     finally:
         results.close()
-        kept_total = write_dataset(out_dir, [r["id"] for r in records])
-        copy_frame(data_dir, out_dir)
+        kept_total = write_dataset(job.out_dir, [r["id"] for r in records])
+        copy_frame(job.data_dir, job.out_dir)
         ledger.extra["kept_total_in_out"] = kept_total
-        save_ledger(stopped)
-    done = results.counts()
-    print(ledger.summary(), file=sys.stderr)
-    print(f"    output: {out_dir / RECORDS} ({kept_total} kept records)", file=sys.stderr)
+        ledger_file.save(results, stopped)
+    log.info("%s", ledger.summary())
+    log.info("    output: %s (%d kept records)", job.out_dir / RECORDS, kept_total)
     if stopped:
-        raise SystemExit(f"Stopped: {stopped}")
-    if done["failed"]:
-        print(
-            f"{done['failed']} record(s) failed (not rejected): run the same command again to retry them.",
-            file=sys.stderr,
-        )
+        raise RunStopped(f"Stopped: {stopped}")
+    if failed := results.counts()["failed"]:
+        log.warning("%d record(s) failed (not rejected): run the same command again to retry them.", failed)
         return 1
     return 0
 

@@ -189,7 +189,7 @@ def parse_unboxed(spec: str) -> dict[str, float]:
         except ValueError:
             value = -1.0
         if not sep or not name.strip() or not 0.0 <= value <= 1.0:
-            raise ValueError(f"--offline-unboxed: '{item}' is not NAME=RATE with a rate in [0, 1]")
+            raise ValueError(f"--offline_unboxed: '{item}' is not NAME=RATE with a rate in [0, 1]")
         out[name.strip().lower()] = value
     return out
 

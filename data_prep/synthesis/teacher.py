@@ -1,51 +1,69 @@
 """One OpenAI-compatible Chat Completions endpoint (OpenAI, Azure OpenAI, vLLM, ...) used by
-the cold-start synthesis: the real ``openai`` client, our own bounded retries, usage counts.
+the cold-start synthesis: the ``openai`` client with its own retries, usage counts.
 
-Retries (the client's own are switched off so there is one policy): HTTP 408, 409, 429 and
-5xx, timeouts, connection errors and malformed replies (a 200 whose body is not JSON, an HTML
-page from a proxy, a choice without a message) are retried with exponential backoff and jitter,
-waiting at least as long as the server's ``Retry-After``. HTTP 401/403/404 stop the whole run
-(``EndpointStop``) with a message naming the key's environment variable. Any other failure
-fails that one request (``RequestFailed``); the run goes on.
+Retries are the client's (``max_retries``): HTTP 408, 409, 429 and 5xx, timeouts and connection
+errors, with exponential backoff and jitter, waiting as long as the server's ``Retry-After`` asks.
+What the client does not retry is handled here, from the same budget of attempts: a malformed reply
+(a 200 whose body is not JSON, an HTML page from a proxy, a choice without a message). HTTP
+401/403/404 stop the whole run (``EndpointStop``) with a message naming the key's environment
+variable. Any other failure fails that one request (``RequestFailed``); the run goes on. Every HTTP
+attempt is counted, and every retry by the reason for it (the ledger's usage counts).
 """
 
 from __future__ import annotations
 
 import base64
+import importlib
 import ipaddress
 import json
 import mimetypes
 import os
 import random
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import openai
 
-RETRY_STATUS = (408, 409, 429)  # and every 5xx
-MAX_RETRY_AFTER_S = 600.0
+from data_prep.errors import OpenMedixError
+
+STOP_STATUS = (401, 403, 404)  # the key or the URL is wrong: every further request would fail too
 
 
-class EndpointStop(RuntimeError):
+def _http_library():
+    """The HTTP library the openai client sends with: httpx, or httpx2 from openai 3 on."""
+    return importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.partition(".")[0])
+
+
+HTTP_TIMEOUT = _http_library().TimeoutException
+
+
+class EndpointStop(OpenMedixError, RuntimeError):
     """The endpoint refuses every request (bad key, no access, unknown model): stop the run."""
 
 
-class MalformedReply(ValueError):
+class MalformedReply(OpenMedixError, ValueError):
     """An HTTP 200 whose body is not a chat completion we can read."""
 
 
-class RequestFailed(RuntimeError):
+class RequestFailed(OpenMedixError, RuntimeError):
     """One request failed for good (retries spent, or an error retrying cannot fix)."""
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class MissingKeyError(OpenMedixError, ValueError):
+    """A remote endpoint and no API key in the environment variable named for it."""
+
+
+class _Stopped(OpenMedixError, RuntimeError):
+    """Raised instead of sending once the run is stopped; not an HTTP error, so the client does not
+    retry it."""
 
 
 @dataclass
@@ -109,33 +127,42 @@ def image_data_url(path: str | Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
-def retry_after_seconds(headers) -> float | None:
-    """The server's requested wait: ``retry-after-ms``, or ``retry-after`` in seconds or as a date."""
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value) / scale)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-    return None
+def malformed_retry_wait(retry: int) -> float:
+    """Seconds before retry ``retry`` (0, 1, ...) of a malformed reply, which the client does not retry
+    (it was a 200): the client's own schedule for what it retries, 0.5 s doubling up to 8 s, less up to
+    25 % jitter."""
+    return min(8.0, 0.5 * 2**retry) * random.uniform(0.75, 1.0)
 
 
-def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
-    """Exponential backoff with jitter (base * 2**attempt, 50-100 %, capped), never below Retry-After."""
-    delay = min(cap, base * 2**attempt) * random.uniform(0.5, 1.0)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
-    return delay
+class _AttemptLog(openai.DefaultHttpxClient):
+    """The openai client's HTTP client, noting the outcome of every attempt ("HTTP 429", "timeout",
+    "connection error") for the thread that made it, since the client retries inside one call; and
+    refusing to send once the run is stopped, so its retries stop too."""
+
+    def __init__(self, stop: threading.Event, **kwargs):
+        super().__init__(**kwargs)
+        self._stop = stop
+        self._local = threading.local()
+
+    def start(self) -> list[str]:
+        """A fresh list of this thread's attempts, filled as they happen."""
+        self._local.outcomes = []
+        return self._local.outcomes
+
+    def send(self, request, **kwargs):
+        if self._stop.is_set():
+            raise _Stopped("the run is stopped")
+        outcomes = getattr(self._local, "outcomes", [])  # [] for a request outside ChatEndpoint.complete
+        try:
+            response = super().send(request, **kwargs)
+        except HTTP_TIMEOUT:
+            outcomes.append("timeout")
+            raise
+        except Exception:
+            outcomes.append("connection error")
+            raise
+        outcomes.append(f"HTTP {response.status_code}")
+        return response
 
 
 class ChatEndpoint:
@@ -151,23 +178,22 @@ class ChatEndpoint:
         azure_api_version: str | None = None,
         timeout: float = 120.0,
         max_retries: int = 5,
-        backoff_base: float = 1.0,
-        backoff_max: float = 60.0,
         stop: threading.Event | None = None,
     ):
         self.role, self.base_url, self.model, self.api_key_env = role, base_url, model, api_key_env
-        self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max
+        self.max_retries = max_retries
         self.stop = stop or threading.Event()
         key = os.environ.get(api_key_env)
         self.key_note = f"read from ${api_key_env}"
         if not key:
             if not is_local_url(base_url):
-                raise SystemExit(
+                raise MissingKeyError(
                     f"No API key for the {role} endpoint {base_url}: ${api_key_env} is not set. "
-                    f"Export it (or name another variable with --{'judge-' if role == 'judge' else ''}api-key-env)."
+                    f"Export it (or name another variable with --{'judge_' if role == 'judge' else ''}api_key_env)."
                 )
             key, self.key_note = "EMPTY", f"${api_key_env} is not set, so the placeholder 'EMPTY' was sent"
-        common = {"api_key": key, "timeout": timeout, "max_retries": 0}
+        self._http = _AttemptLog(self.stop)
+        common = {"api_key": key, "timeout": timeout, "max_retries": max_retries, "http_client": self._http}
         if azure_api_version:
             self.client = openai.AzureOpenAI(azure_endpoint=base_url, api_version=azure_api_version, **common)
         else:
@@ -188,7 +214,7 @@ class ChatEndpoint:
         what = {
             401: "refused the API key: the key is wrong or expired",
             403: "refused access: the key lacks access to this model or resource",
-            404: "does not know this URL or model: check --base-url and the model (deployment) name",
+            404: "does not know this URL or model: check --base_url and the model (deployment) name",
         }[err.status_code]
         return (
             f"The {self.role} endpoint {self.base_url} (model '{self.model}') {what} "
@@ -198,30 +224,34 @@ class ChatEndpoint:
 
     def complete(self, messages: list[dict], **params) -> Reply:
         """One chat completion, retried on transient errors; raises EndpointStop or RequestFailed."""
-        for attempt in range(self.max_retries + 1):
+        attempts = self._http.start()
+        try:
+            return self._complete(messages, params, attempts)
+        finally:
+            self._count(
+                {
+                    "requests": len(attempts),
+                    "retries": max(0, len(attempts) - 1),
+                    **Counter(f"retries after {outcome}" for outcome in attempts[:-1]),
+                }
+            )
+
+    def _complete(self, messages: list[dict], params: dict, attempts: list[str]) -> Reply:
+        """The client retries what it can within one call; a malformed reply is retried here, from what
+        is left of the same budget."""
+        while True:
             if self.stop.is_set():
                 raise RequestFailed("run stopped", "a fatal error elsewhere stopped the run")
-            self._count({"requests": 1})
-            retry_after = None
+            client = self.client.with_options(max_retries=max(0, self.max_retries - len(attempts)))
             try:
-                resp = self.client.chat.completions.create(model=self.model, messages=messages, **params)
+                resp = client.chat.completions.create(model=self.model, messages=messages, **params)
                 reply = parse_reply(resp)
-            except openai.APIStatusError as e:
-                if e.status_code in (401, 403, 404):
-                    self.stop.set()
-                    raise EndpointStop(self._stop_message(e)) from None
-                if e.status_code not in RETRY_STATUS and e.status_code < 500:
-                    raise RequestFailed(f"HTTP {e.status_code}", str(e.message)[:300]) from None
-                reason, detail = f"HTTP {e.status_code}", str(e.message)[:300]
-                retry_after = retry_after_seconds(e.response.headers)
-            except openai.APITimeoutError:
-                reason, detail = "timeout", "no reply within --timeout"
-            except openai.APIConnectionError as e:
-                reason, detail = "connection error", str(e.__cause__ or e)[:300]
             except (json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError) as e:
-                reason, detail = "malformed reply", f"the body is not valid JSON: {e}"[:300]
+                detail = f"the body is not valid JSON: {e}"[:300]
             except MalformedReply as e:
-                reason, detail = "malformed reply", str(e)[:300]
+                detail = str(e)[:300]
+            except (openai.APIError, _Stopped) as e:
+                raise self._failure(e, len(attempts)) from None
             else:
                 self._count(
                     {
@@ -231,8 +261,24 @@ class ChatEndpoint:
                     }
                 )
                 return reply
-            if attempt == self.max_retries:
-                raise RequestFailed(reason, f"{detail} (gave up after {attempt + 1} attempts)")
-            self._count({"retries": 1, f"retries after {reason}": 1})
-            self.stop.wait(backoff_delay(attempt, self.backoff_base, self.backoff_max, retry_after))
-        raise AssertionError("unreachable")
+            attempts[-1] = "malformed reply"  # the 200 that brought it
+            if len(attempts) > self.max_retries:
+                raise RequestFailed("malformed reply", f"{detail} (gave up after {len(attempts)} attempts)")
+            self.stop.wait(malformed_retry_wait(len(attempts) - 1))
+
+    def _failure(self, err: Exception, attempts: int) -> Exception:
+        """What an error the client gave up on means for the run: EndpointStop (and the run stopped) on a
+        refused key or an unknown URL or model, else RequestFailed."""
+        tries = f" (gave up after {attempts} attempts)" if attempts > 1 else ""
+        if isinstance(err, openai.APIStatusError):
+            if err.status_code in STOP_STATUS:
+                self.stop.set()
+                return EndpointStop(self._stop_message(err))
+            return RequestFailed(f"HTTP {err.status_code}", str(err.message)[:300] + tries)
+        if isinstance(err, openai.APITimeoutError):
+            return RequestFailed("timeout", "no reply within --timeout" + tries)
+        if isinstance(err, openai.APIConnectionError):
+            return RequestFailed("connection error", str(err.__cause__ or err)[:300] + tries)
+        if isinstance(err, _Stopped):
+            return RequestFailed("run stopped", "a fatal error elsewhere stopped the run")
+        return RequestFailed(type(err).__name__, str(err)[:300] + tries)

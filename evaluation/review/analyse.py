@@ -279,8 +279,7 @@ def _rate_row(label: str, e: dict, focus: str, other: str, paper: bool, key: str
     return row
 
 
-def report(result: dict, paper: bool = False) -> str:
-    """Markdown: the headline table, agreement, per task, the judge."""
+def _headline_lines(result: dict, paper: bool) -> list[str]:
     focus, other = result["focus"], result["other"]
     voters = ", ".join(f"{r} ({n})" for r, n in result["reviewers"].items()) or "none yet"
     head = f"| criterion | votes | {focus} preferred (ties excluded) [95% CI] | {focus} | {other} | tie |"
@@ -308,7 +307,11 @@ def report(result: dict, paper: bool = False) -> str:
             f"({PAPER['where']}). Measured here: {focus} {_f(measured)}{_ci_txt(g.get('ci', {}).get('preference'))} "
             f"vs {other} {_f(None if measured is None else 1 - measured)}, ties {_f(g.get('share', {}).get(TIE))} of votes.",
         ]
-    lines += [
+    return lines
+
+
+def _agreement_lines(result: dict) -> list[str]:
+    lines = [
         "",
         "## Agreement between reviewers",
         "",
@@ -324,50 +327,65 @@ def report(result: dict, paper: bool = False) -> str:
         lines.append(
             f"| {LABELS[key]} | {_f(a.get('fleiss_kappa'), 3)} ({a.get('fleiss_items', 0)}) | {pairs or '-'} |"
         )
-    if result["per_task"]:
-        lines += [
-            "",
-            "## Per task",
-            "",
-            f"| task | criterion | votes | {focus} preferred [95% CI] | {focus} | {other} | tie |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for task, crits in result["per_task"].items():
-            for key, e in crits.items():
-                if e.get("n_votes"):
-                    lines.append(
-                        f"| {task} | {LABELS[key]} | {e['n_votes']} | {_f(e['preference'])}{_ci_txt(e['ci']['preference'])} | "
-                        f"{_f(e['share'][focus])} | {_f(e['share'][other])} | {_f(e['share'][TIE])} |"
-                    )
-    for model, j in result["judge"].items():
-        lines += [
-            "",
-            f"## VLM judge: {model}",
-            "",
-            "Each pair judged in both orders; a win needs both orders to name the same run; "
-            "swap-inconsistent verdicts count as ties.",
-            "",
-            f"| criterion | items | {focus} preferred [95% CI] | {focus} | {other} | tie | consistent win / tie | "
-            "swap-inconsistent: flipped / half | invalid | position bias (share picking A) | agreement with humans (kappa, pairs) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for key, e in j["criteria"].items():
-            t = j["tallies"].get(key, {})
-            h = e["human_agreement"]
-            agree = (
-                f"{_f(h['agreement'], 3)} ({_f(h['cohen_kappa'], 3)}, {h['n_pairs']})"
-                if h["n_pairs"]
-                else "-"
-            )
+    return lines
+
+
+def _per_task_lines(result: dict) -> list[str]:
+    if not result["per_task"]:
+        return []
+    focus, other = result["focus"], result["other"]
+    lines = [
+        "",
+        "## Per task",
+        "",
+        f"| task | criterion | votes | {focus} preferred [95% CI] | {focus} | {other} | tie |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, crits in result["per_task"].items():
+        for key, e in crits.items():
             if e.get("n_votes"):
-                rate = f"{_f(e['preference'])}{_ci_txt(e['ci']['preference'])} | {_f(e['share'][focus])} | {_f(e['share'][other])} | {_f(e['share'][TIE])}"
-            else:
-                rate = "- | - | - | -"
-            lines.append(
-                f"| {LABELS[key]} | {e.get('n_votes', 0)} | {rate} | {t.get('consistent win', 0)} / {t.get('consistent tie', 0)} | "
-                f"{t.get('swap-inconsistent: flipped', 0)} / {t.get('swap-inconsistent: half', 0)} | "
-                f"{t.get('invalid or missing', 0)} | {_f(j['position_bias'][key], 3)} | {agree} |"
-            )
+                lines.append(
+                    f"| {task} | {LABELS[key]} | {e['n_votes']} | {_f(e['preference'])}{_ci_txt(e['ci']['preference'])} | "
+                    f"{_f(e['share'][focus])} | {_f(e['share'][other])} | {_f(e['share'][TIE])} |"
+                )
+    return lines
+
+
+def _judge_lines(model: str, j: dict, focus: str, other: str) -> list[str]:
+    lines = [
+        "",
+        f"## VLM judge: {model}",
+        "",
+        "Each pair judged in both orders; a win needs both orders to name the same run; "
+        "swap-inconsistent verdicts count as ties.",
+        "",
+        f"| criterion | items | {focus} preferred [95% CI] | {focus} | {other} | tie | consistent win / tie | "
+        "swap-inconsistent: flipped / half | invalid | position bias (share picking A) | agreement with humans (kappa, pairs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, e in j["criteria"].items():
+        t = j["tallies"].get(key, {})
+        h = e["human_agreement"]
+        agree = (
+            f"{_f(h['agreement'], 3)} ({_f(h['cohen_kappa'], 3)}, {h['n_pairs']})" if h["n_pairs"] else "-"
+        )
+        if e.get("n_votes"):
+            rate = f"{_f(e['preference'])}{_ci_txt(e['ci']['preference'])} | {_f(e['share'][focus])} | {_f(e['share'][other])} | {_f(e['share'][TIE])}"
+        else:
+            rate = "- | - | - | -"
+        lines.append(
+            f"| {LABELS[key]} | {e.get('n_votes', 0)} | {rate} | {t.get('consistent win', 0)} / {t.get('consistent tie', 0)} | "
+            f"{t.get('swap-inconsistent: flipped', 0)} / {t.get('swap-inconsistent: half', 0)} | "
+            f"{t.get('invalid or missing', 0)} | {_f(j['position_bias'][key], 3)} | {agree} |"
+        )
+    return lines
+
+
+def report(result: dict, paper: bool = False) -> str:
+    """Markdown: the headline table, agreement, per task, the judge."""
+    lines = _headline_lines(result, paper) + _agreement_lines(result) + _per_task_lines(result)
+    for model, j in result["judge"].items():
+        lines += _judge_lines(model, j, result["focus"], result["other"])
     return "\n".join(lines) + "\n"
 
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import logging
 import re
 import secrets
 import socket
-import sys
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -31,11 +31,12 @@ from PIL import Image
 from evaluation.review import db, page
 from evaluation.review.study import CRITERION_KEYS, StudyError
 
+log = logging.getLogger(__name__)
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 MAX_COMMENT = 5000
 # Numbers in paths and forms: ASCII digits only. str.isdigit() and int() also take Unicode digits
 # ("²" passes isdigit, then int() raises) and unbounded lengths (30 nines overflow SQLite's INTEGER);
-# both answered 500.
+# either would make the app answer 500.
 _NUMBER = re.compile(r"[0-9]{1,12}")
 
 
@@ -52,7 +53,7 @@ Refusing to serve {study} on {host}: it shows credentialed data ({sources}), and
 from other machines. Data use agreements (PhysioNet's among them) allow only credentialed people to
 see such data. Serve on 127.0.0.1 (the default) and review on this machine (or through an SSH tunnel:
 ssh -L {port}:127.0.0.1:{port} THIS_MACHINE). If everyone who can reach {host} is covered by the
-agreement, pass --allow-remote-credentialed to say so; every page then shows a data-use warning."""
+agreement, pass --allow_remote_credentialed to say so; every page then shows a data-use warning."""
 
 
 def is_local_host(host: str) -> bool:
@@ -86,58 +87,91 @@ def png_bytes(path: str | Path) -> bytes:
     return buf.getvalue()
 
 
-def create_app(study: str | Path, warning: str | None = None) -> FastAPI:
-    """The app for one study folder (or its study.sqlite)."""
-    path = db.study_db(study)
-    with db.connect(path) as conn:
-        settings = db.meta(conn)
-    show_truth = bool(settings.get("show_truth"))
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # no docs pages: they load CDN scripts
+_CSP = (
+    "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 
-    def headers(nonce: str | None = None) -> dict:
-        h = {
-            "Cache-Control": "no-store",
-            "Referrer-Policy": "no-referrer",
-            "X-Content-Type-Options": "nosniff",
-            "X-Frame-Options": "DENY",
-        }
-        if nonce:
-            h["Content-Security-Policy"] = (
-                f"default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; "
-                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-            )
-        return h
 
-    def html_response(body: str, nonce: str, status: int = 200) -> HTMLResponse:
-        return HTMLResponse(body, status_code=status, headers=headers(nonce))
+def headers(nonce: str | None = None) -> dict:
+    """Every response's headers; a page with scripts also gets its CSP with the script nonce."""
+    h = {
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+    }
+    if nonce:
+        h["Content-Security-Policy"] = _CSP.format(nonce=nonce)
+    return h
 
-    def forbidden() -> HTMLResponse:
+
+def html_response(body: str, nonce: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status, headers=headers(nonce))
+
+
+def message_response(title: str, text: str, status: int) -> HTMLResponse:
+    nonce = secrets.token_urlsafe(16)
+    return html_response(page.message_page(title, text, nonce), nonce, status)
+
+
+def forbidden() -> HTMLResponse:
+    return message_response(
+        "403 Forbidden", "This link is not valid. Open the link you were given for this study.", 403
+    )
+
+
+def reviewer_for(conn, token: str):
+    """The reviewer whose token this is (constant-time comparison), or None."""
+    found = None
+    for r in db.reviewers(conn):
+        if secrets.compare_digest(r["token"].encode(), token.encode()):
+            found = r
+    return found
+
+
+def vote_refusal(conn, reviewer_id: int, form: dict) -> str | None:
+    """Why a submitted vote is not saved, or None when it is valid."""
+    assigned = conn.execute(
+        "SELECT 1 FROM assignments WHERE reviewer_id = ? AND item_id = ?",
+        (reviewer_id, form.get("item_id", "")),
+    ).fetchone()
+    problems = [k for k in CRITERION_KEYS if form.get(k) not in db.CHOICES]
+    if not assigned or problems or len(form.get("comment", "")) > MAX_COMMENT:
+        why = f"missing or invalid: {', '.join(problems)}" if problems else "unknown item or comment too long"
+        return f"The vote was not saved ({why}). Go back and choose A, B or tie on every criterion."
+    # the page's timer; a value that is not a plausible duration is refused, not stored
+    elapsed_text = form.get("elapsed_ms") or None
+    if elapsed_text and parse_number(elapsed_text, 0, db.MAX_ELAPSED_MS) is None:
+        return (
+            f"The vote was not saved: elapsed_ms {elapsed_text[:20]!r} is not a whole number of "
+            f"milliseconds from 0 to {db.MAX_ELAPSED_MS} (24 hours). Reload the item and vote again."
+        )
+    return None
+
+
+class StudyRoutes:
+    """The reviewer routes of one study; each opens the database per request and checks the token first."""
+
+    def __init__(self, path: Path, show_truth: bool, warning: str | None):
+        self.path, self.show_truth, self.warning = path, show_truth, warning
+
+    def show(self, token: str, item: str | None = None):  # parsed here: the token is checked first
         nonce = secrets.token_urlsafe(16)
-        text = "This link is not valid. Open the link you were given for this study."
-        return html_response(page.message_page("403 Forbidden", text, nonce), nonce, 403)
-
-    def reviewer_for(conn, token: str):
-        """The reviewer whose token this is (constant-time comparison), or None."""
-        found = None
-        for r in db.reviewers(conn):
-            if secrets.compare_digest(r["token"].encode(), token.encode()):
-                found = r
-        return found
-
-    @app.get("/r/{token}")
-    def show(token: str, item: str | None = None):  # parsed here: the token is checked first
-        nonce = secrets.token_urlsafe(16)
-        with db.connect(path) as conn:
+        with db.connect(self.path) as conn:
             reviewer = reviewer_for(conn, token)
             if reviewer is None:
                 return forbidden()
             rows = db.assignments(conn, reviewer["reviewer_id"])
-            done = sum(1 for r in rows if r["voted_at"] is not None)
             if item is None:
                 pos = next((i for i, r in enumerate(rows) if r["voted_at"] is None), None)
                 if pos is None:
                     body = page.done_page(
-                        token=token, reviewer=reviewer["name"], total=len(rows), nonce=nonce, warning=warning
+                        token=token,
+                        reviewer=reviewer["name"],
+                        total=len(rows),
+                        nonce=nonce,
+                        warning=self.warning,
                     )
                     return html_response(body, nonce)
             elif (number := parse_number(item, 1, len(rows))) is not None:
@@ -148,7 +182,6 @@ def create_app(study: str | Path, warning: str | None = None) -> FastAPI:
             row = rows[pos]
             texts = db.completions(conn, row["item_id"])
             record = db.item(conn, row["item_id"])
-        vote = {k: row[k] for k in (*CRITERION_KEYS, "comment")} if row["voted_at"] else None
         body = page.item_page(
             token=token,
             reviewer=reviewer["name"],
@@ -156,55 +189,36 @@ def create_app(study: str | Path, warning: str | None = None) -> FastAPI:
             completions=(texts[row["run_a"]], texts[row["run_b"]]),
             position=pos + 1,
             total=len(rows),
-            done=done,
-            show_truth=show_truth,
-            vote=vote,
+            done=sum(1 for r in rows if r["voted_at"] is not None),
+            show_truth=self.show_truth,
+            vote={k: row[k] for k in (*CRITERION_KEYS, "comment")} if row["voted_at"] else None,
             nonce=nonce,
-            warning=warning,
+            warning=self.warning,
         )
         return html_response(body, nonce)
 
-    @app.post("/r/{token}/vote")
-    async def vote(token: str, request: Request):
+    async def vote(self, token: str, request: Request):
         form = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
-        with db.connect(path) as conn:
+        with db.connect(self.path) as conn:
             reviewer = reviewer_for(conn, token)
             if reviewer is None:
                 return forbidden()
-            item_id = form.get("item_id", "")
-            assigned = conn.execute(
-                "SELECT 1 FROM assignments WHERE reviewer_id = ? AND item_id = ?",
-                (reviewer["reviewer_id"], item_id),
-            ).fetchone()
-            choices = {k: form.get(k) for k in CRITERION_KEYS}
-            problems = [k for k, v in choices.items() if v not in db.CHOICES]
-            if not assigned or problems or len(form.get("comment", "")) > MAX_COMMENT:
-                nonce = secrets.token_urlsafe(16)
-                why = (
-                    f"missing or invalid: {', '.join(problems)}"
-                    if problems
-                    else "unknown item or comment too long"
-                )
-                text = f"The vote was not saved ({why}). Go back and choose A, B or tie on every criterion."
-                return html_response(page.message_page("Vote not saved", text, nonce), nonce, 400)
-            # the page's timer; a value that is not a plausible duration is refused, not stored
+            refusal = vote_refusal(conn, reviewer["reviewer_id"], form)
+            if refusal:
+                return message_response("Vote not saved", refusal, 400)
             elapsed_text = form.get("elapsed_ms") or None
-            elapsed = parse_number(elapsed_text, 0, db.MAX_ELAPSED_MS) if elapsed_text else None
-            if elapsed_text and elapsed is None:
-                nonce = secrets.token_urlsafe(16)
-                text = (
-                    f"The vote was not saved: elapsed_ms {elapsed_text[:20]!r} is not a whole number of "
-                    f"milliseconds from 0 to {db.MAX_ELAPSED_MS} (24 hours). Reload the item and vote again."
-                )
-                return html_response(page.message_page("Vote not saved", text, nonce), nonce, 400)
             db.save_vote(
-                conn, reviewer["reviewer_id"], item_id, choices, form.get("comment", "").strip(), elapsed
+                conn,
+                reviewer["reviewer_id"],
+                form["item_id"],
+                {k: form[k] for k in CRITERION_KEYS},
+                form.get("comment", "").strip(),
+                parse_number(elapsed_text, 0, db.MAX_ELAPSED_MS) if elapsed_text else None,
             )
         return RedirectResponse(f"/r/{token}", status_code=303, headers=headers())
 
-    @app.get("/r/{token}/image/{item_id}/{k}")
-    def image(token: str, item_id: str, k: str):
-        with db.connect(path) as conn:
+    def image(self, token: str, item_id: str, k: str):
+        with db.connect(self.path) as conn:
             if reviewer_for(conn, token) is None:
                 return forbidden()
             record = db.item(conn, item_id)
@@ -218,14 +232,28 @@ def create_app(study: str | Path, warning: str | None = None) -> FastAPI:
             return Response("image unreadable", status_code=404, media_type="text/plain", headers=headers())
         return Response(data, media_type="image/png", headers=headers())
 
-    @app.get("/favicon.ico")
-    def favicon():  # the browser asks on its own; answer without content rather than log a 403
-        return Response(status_code=204, headers=headers())
 
-    @app.api_route("/{rest:path}", methods=["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
-    def everything_else(rest: str):
-        return forbidden()
+def favicon():  # the browser asks on its own; answer without content rather than log a 403
+    return Response(status_code=204, headers=headers())
 
+
+def everything_else(rest: str):
+    return forbidden()
+
+
+def create_app(study: str | Path, warning: str | None = None) -> FastAPI:
+    """The app for one study folder (or its study.sqlite)."""
+    path = db.study_db(study)
+    with db.connect(path) as conn:
+        settings = db.meta(conn)
+    routes = StudyRoutes(path, bool(settings.get("show_truth")), warning)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # no docs pages: they load CDN scripts
+    app.get("/r/{token}")(routes.show)
+    app.post("/r/{token}/vote")(routes.vote)
+    app.get("/r/{token}/image/{item_id}/{k}")(routes.image)
+    app.get("/favicon.ico")(favicon)
+    methods = ["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]
+    app.api_route("/{rest:path}", methods=methods)(everything_else)
     return app
 
 
@@ -242,7 +270,7 @@ def serve(
     port: int = DEFAULT_PORT,
     allow_remote_credentialed: bool = False,
 ) -> None:
-    """Serve the study until Ctrl-C; prints each reviewer's link."""
+    """Serve the study until Ctrl-C; logs each reviewer's link."""
     import uvicorn
 
     with db.connect(db.study_db(study)) as conn:
@@ -250,10 +278,12 @@ def serve(
     credentialed = settings.get("credentialed") or {}
     warning = data_use_warning(credentialed, host, port, allow_remote_credentialed, str(study))
     if warning:
-        print(f"WARNING: {warning}", file=sys.stderr)
+        log.warning("WARNING: %s", warning)
     app = create_app(study, warning)
-    print(f"review study {study}: {settings['n_items']} items, {len(reviewers)} reviewer(s). Links:")
+    log.info("review study %s: %d items, %d reviewer(s). Links:", study, settings["n_items"], len(reviewers))
     for r in reviewers:
-        print(f"  {r['name']:<16} {link(host, port, r['token'])}")
-    print("Ctrl-C stops the server; votes are saved as they are cast, so the study resumes where it stopped.")
+        log.info("  %-16s %s", r["name"], link(host, port, r["token"]))
+    log.info(
+        "Ctrl-C stops the server; votes are saved as they are cast, so the study resumes where it stopped."
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False)

@@ -25,9 +25,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from data_prep.errors import OpenMedixError
+
 DB_FILE = "study.sqlite"
 CHOICES = ("A", "B", "tie")
 MAX_ELAPSED_MS = 24 * 3600 * 1000  # a vote's time on its item: longer is not a measurement
+
+
+class StudyNotFoundError(OpenMedixError, FileNotFoundError):
+    """A study folder without its database (not created yet, or a typo in the path)."""
 
 
 def now() -> str:
@@ -109,7 +115,9 @@ def connect(path: str | Path, create: bool = False) -> Iterator[sqlite3.Connecti
     """
     path = Path(path)
     if not create and not path.exists():
-        raise SystemExit(f"{path} not found: create the study first (python -m evaluation.review create ...)")
+        raise StudyNotFoundError(
+            f"{path} not found: create the study first (python -m evaluation.review create ...)"
+        )
     conn = sqlite3.connect(path, timeout=30.0)
     try:
         conn.row_factory = sqlite3.Row

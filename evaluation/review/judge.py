@@ -1,6 +1,6 @@
 """The study's comparison by a VLM judge, each pair asked in both orders.
 
-    python -m evaluation.review judge STUDY --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-VL-32B-Instruct
+    python -m evaluation.review judge STUDY --base_url http://localhost:8000/v1 --model Qwen/Qwen2.5-VL-32B-Instruct
 
 The judge sees what a reviewer sees: the question (and the ground truth where the study shows it),
 both responses as A and B, and two copies of the image, each with one response's cited boxes drawn
@@ -11,8 +11,8 @@ verdicts as ties. Verdicts go to the study's database (table ``judge``) as they 
 asks only what is missing.
 
 The endpoint is the cold-start judge's client (``data_prep.synthesis.teacher.ChatEndpoint``: the
-``openai`` client, bounded retries, the key from ``--api-key-env``, 'EMPTY' for a local server).
-Credentialed items are never sent to an endpoint off this machine without --allow-remote-credentialed.
+``openai`` client, bounded retries, the key from ``--api_key_env``, 'EMPTY' for a local server).
+Credentialed items are never sent to an endpoint off this machine without --allow_remote_credentialed.
 Prompts are editable files in ``evaluation/review/templates/``.
 """
 
@@ -21,16 +21,18 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import re
 import string
-import sys
 import threading
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from data_prep.errors import OpenMedixError
 from data_prep.schema import is_credentialed
 from data_prep.synthesis.coldstart import render
 from data_prep.synthesis.teacher import ChatEndpoint, EndpointStop, RequestFailed, is_local_url
@@ -38,8 +40,13 @@ from evaluation.metrics import answer_boxes, cited_boxes, extract_answer, task_g
 from evaluation.review import db
 from evaluation.review.study import CRITERIA, CRITERION_KEYS, StudyError
 
+log = logging.getLogger(__name__)
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 CITED_RGB, ANSWER_RGB = (220, 38, 38), (37, 99, 235)
+
+
+class JudgeStopped(OpenMedixError, RuntimeError):
+    """The judge endpoint refused to go on (a refused key, an unknown model): asking more is pointless."""
 
 
 # ----------------------------------------------------------------------------- prompt
@@ -158,32 +165,25 @@ def check_data_use(items: list, base_url: str, allow_remote: bool) -> None:
             f"{base_url}, which is not on this machine: data use agreements forbid sending such data to "
             "services that may keep it or let people review it. Use a local server (e.g. vLLM on "
             "http://localhost:8000/v1), or, if the endpoint keeps nothing, trains on nothing and has no "
-            "human review under an agreement you hold, pass --allow-remote-credentialed."
+            "human review under an agreement you hold, pass --allow_remote_credentialed."
         )
-    print(
-        f"WARNING: sending credentialed items ({sources}) to {base_url} (--allow-remote-credentialed)",
-        file=sys.stderr,
+    log.warning(
+        "WARNING: sending credentialed items (%s) to %s (--allow_remote_credentialed)", sources, base_url
     )
 
 
-def judge_study(
-    study: str | Path,
-    *,
-    base_url: str,
-    model: str,
-    api_key_env: str = "OPENAI_API_KEY",
-    azure_api_version: str | None = None,
-    concurrency: int = 4,
-    limit: int | None = None,
-    show_truth: bool | None = None,
-    allow_remote_credentialed: bool = False,
-    timeout: float = 120.0,
-    max_retries: int = 5,
-    max_tokens: int = 300,
-    templates: str | Path = TEMPLATE_DIR,
-) -> dict:
-    """Ask every missing (item, order) of the study; returns counts (asked, saved, failed, usage)."""
-    path = db.study_db(study)
+@dataclass
+class _Work:
+    """What a judge run reads from the study before it asks anything."""
+
+    settings: dict
+    items: list[dict]
+    texts: dict[str, dict[str, str]]  # item id -> run -> completion
+    n_done: int  # (item, order) verdicts of this model already saved
+    todo: list[tuple[dict, str, str]]  # (item, run shown as A, run shown as B)
+
+
+def _load_work(path: Path, model: str, limit: int | None) -> _Work:
     with db.connect(path) as conn:
         settings = db.meta(conn)
         runs = db.run_names(conn)
@@ -193,37 +193,22 @@ def judge_study(
             (r["item_id"], r["run_a"])
             for r in conn.execute("SELECT item_id, run_a FROM judge WHERE model = ?", (model,))
         }
-    check_data_use(items, base_url, allow_remote_credentialed)
-    show_truth = settings.get("show_truth", False) if show_truth is None else show_truth
-    tmpl = load_templates(templates)
     todo = [
         (item, first, second)
         for item in items
         for first, second in ((runs[0], runs[1]), (runs[1], runs[0]))
         if (item["item_id"], first) not in done
     ]
-    stop = threading.Event()
-    endpoint = ChatEndpoint(
-        role="judge",
-        base_url=base_url,
-        model=model,
-        api_key_env=api_key_env,
-        azure_api_version=azure_api_version,
-        timeout=timeout,
-        max_retries=max_retries,
-        stop=stop,
-    )
+    return _Work(settings, items, texts, len(done), todo)
+
+
+def _ask_all(
+    path: Path, model: str, todo: list, ask, concurrency: int, stop: threading.Event
+) -> tuple[int, Counter[str]]:
+    """Ask every job on ``concurrency`` threads, saving each verdict as it comes; (saved, failures
+    by reason). An endpoint that stops the run (a refused key, an unknown model) cancels the rest."""
     failed: Counter[str] = Counter()
     saved = 0
-
-    def ask(item, first, second):
-        t = texts[item["item_id"]]
-        msgs = judge_messages(item, t[first], t[second], show_truth, tmpl)
-        return endpoint.complete(msgs, temperature=0.0, max_completion_tokens=max_tokens)
-
-    print(
-        f"judge {model}: {len(items)} items x 2 orders; {len(done)} verdicts already saved, {len(todo)} to ask"
-    )
     with db.connect(path) as conn, ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         pending = {pool.submit(ask, *job): job for job in todo}
         try:
@@ -253,21 +238,69 @@ def judge_study(
             stop.set()
             for fut in pending:
                 fut.cancel()
-            raise StudyError(str(e)) from None
+            raise JudgeStopped(str(e)) from None
+    return saved, failed
+
+
+def judge_study(
+    study: str | Path,
+    *,
+    base_url: str,
+    model: str,
+    api_key_env: str = "OPENAI_API_KEY",
+    azure_api_version: str | None = None,
+    concurrency: int = 4,
+    limit: int | None = None,
+    show_truth: bool | None = None,
+    allow_remote_credentialed: bool = False,
+    timeout: float = 120.0,
+    max_retries: int = 5,
+    max_tokens: int = 300,
+    templates: str | Path = TEMPLATE_DIR,
+) -> dict:
+    """Ask every missing (item, order) of the study; returns counts (asked, saved, failed, usage)."""
+    path = db.study_db(study)
+    work = _load_work(path, model, limit)
+    check_data_use(work.items, base_url, allow_remote_credentialed)
+    show_truth = work.settings.get("show_truth", False) if show_truth is None else show_truth
+    tmpl = load_templates(templates)
+    stop = threading.Event()
+    endpoint = ChatEndpoint(
+        role="judge",
+        base_url=base_url,
+        model=model,
+        api_key_env=api_key_env,
+        azure_api_version=azure_api_version,
+        timeout=timeout,
+        max_retries=max_retries,
+        stop=stop,
+    )
+
+    def ask(item, first, second):
+        t = work.texts[item["item_id"]]
+        msgs = judge_messages(item, t[first], t[second], show_truth, tmpl)
+        return endpoint.complete(msgs, temperature=0.0, max_completion_tokens=max_tokens)
+
+    log.info(
+        "judge %s: %d items x 2 orders; %d verdicts already saved, %d to ask",
+        model,
+        len(work.items),
+        work.n_done,
+        len(work.todo),
+    )
+    saved, failed = _ask_all(path, model, work.todo, ask, concurrency, stop)
     summary = {
-        "asked": len(todo),
+        "asked": len(work.todo),
         "saved": saved,
         "failed": dict(failed),
         "usage": {
             k: endpoint.stats[k] for k in ("requests", "retries", "prompt_tokens", "completion_tokens")
         },
     }
-    print(
-        f"judge {model}: saved {saved} of {len(todo)} verdicts"
-        + (
-            f"; failed {sum(failed.values())} ({', '.join(f'{k}: {n}' for k, n in failed.items())}): rerun to retry"
-            if failed
-            else ""
-        )
+    failures = (
+        f"; failed {sum(failed.values())} ({', '.join(f'{k}: {n}' for k, n in failed.items())}): rerun to retry"
+        if failed
+        else ""
     )
+    log.info("judge %s: saved %d of %d verdicts%s", model, saved, len(work.todo), failures)
     return summary

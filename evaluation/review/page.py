@@ -4,7 +4,7 @@ Blinding: a page names the models only "A" (left) and "B" (right); it holds no r
 record id or file path. Images come from the token-checked route ``/r/TOKEN/image/ITEM/K`` (ITEM
 is an opaque id) and carry boxes as an SVG overlay drawn by the gallery's own functions: cited
 boxes red and numbered like the citations in the text, answer boxes blue, ground truth green
-(only in a study made with --show-truth). CSS and JS are inline (the script nonce-checked by the
+(only in a study made with --show_truth). CSS and JS are inline (the script nonce-checked by the
 page's Content-Security-Policy); nothing is loaded from another origin.
 """
 

@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.errors import OpenMedixError
 from data_prep.io import atomic_write_text, image_paths, read_records
 from data_prep.schema import is_credentialed
 from evaluation.gallery import sample_records
@@ -67,7 +68,7 @@ CRITERION_KEYS = [c.key for c in CRITERIA]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class StudyError(SystemExit):
+class StudyError(OpenMedixError, ValueError):
     """Bad input to a study: the message names the file and the reason."""
 
 
@@ -220,15 +221,7 @@ def _select_records(records: list[dict], preds: dict, data_dir: str, limit: int 
     return chosen
 
 
-def create_study(
-    runs: dict[str, str],
-    out: str | Path,
-    reviewers: list[str],
-    limit: int | None = None,
-    seed: int | None = None,
-    show_truth: bool = False,
-) -> tuple[Path, list[tuple[str, str]]]:
-    """Write OUT/study.sqlite and OUT/study.json; returns (study folder, [(reviewer, token)])."""
+def _check_request(runs: dict[str, str], out: Path, reviewers: list[str]) -> None:
     if len(runs) != 2:
         raise StudyError(f"a pairwise study compares exactly two runs, got {len(runs)}: {', '.join(runs)}")
     for name in runs:
@@ -236,22 +229,14 @@ def create_study(
             raise StudyError(f"run name {name!r}: use letters, digits, '_', '.', '-' (at most 64), not 'tie'")
     if not reviewers:
         raise StudyError("name at least one reviewer (--reviewers alice,bob)")
-    out = Path(out)
     if db.study_db(out).exists():
         raise StudyError(f"{db.study_db(out)} already exists: use another --out (or `serve` it)")
-    a, b = (load_run_dir(name, folder) for name, folder in runs.items())
-    check_runs(a, b)
-    data_dir, split = a["config"]["data"], a["config"]["split"]
-    if not Path(data_dir).exists():
-        raise StudyError(f"{Path(a['dir']) / RUN_CONFIG}: its dataset {data_dir} is not found")
-    seed = secrets.randbits(31) if seed is None else seed
-    records = read_records(data_dir, split=split)
-    chosen = _select_records(records, a["predictions"], data_dir, limit, seed)
-    if not chosen:
-        raise StudyError(f"no records to review in {data_dir} (split {split})")
+
+
+def _settings(chosen: list[dict], data_dir: str, split: str, seed: int, show_truth: bool) -> dict:
+    """The study's meta table: how it was drawn and what it shows."""
     sources = Counter(r["source"] for r in chosen)
-    credentialed = {s: n for s, n in sources.items() if is_credentialed(s)}
-    settings = {
+    return {
         "created": db.now(),
         "seed": seed,
         "show_truth": show_truth,
@@ -261,9 +246,53 @@ def create_study(
         "n_items": len(chosen),
         "tasks": dict(Counter(r["task"] for r in chosen)),
         "sources": dict(sources),
-        "credentialed": credentialed,
+        "credentialed": {s: n for s, n in sources.items() if is_credentialed(s)},
     }
 
+
+def _insert_items(
+    conn: sqlite3.Connection, chosen: list[dict], pair: tuple[dict, dict], data_dir: str
+) -> None:
+    """One item per record, under an opaque id, with both runs' completions."""
+    taken: set[str] = set()
+    for idx, rec in enumerate(chosen):
+        item_id = secrets.token_hex(8)  # opaque: says nothing of record, run or order
+        while item_id in taken:
+            item_id = secrets.token_hex(8)
+        taken.add(item_id)
+        conn.execute(
+            "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                item_id,
+                idx,
+                rec["id"],
+                rec["task"],
+                rec["source"],
+                rec["question"],
+                rec["answer"],
+                json.dumps(rec["boxes"]),
+                rec["width"],
+                rec["height"],
+                json.dumps([str(p.resolve()) for p in image_paths(data_dir, rec)]),
+            ),
+        )
+        for run in pair:
+            conn.execute(
+                "INSERT INTO completions (item_id, run, text) VALUES (?, ?, ?)",
+                (item_id, run["name"], run["predictions"][rec["id"]]),
+            )
+
+
+def _write_db(
+    out: Path,
+    settings: dict,
+    pair: tuple[dict, dict],
+    chosen: list[dict],
+    data_dir: str,
+    reviewers: list[str],
+) -> list[tuple[str, str]]:
+    """study.sqlite in one transaction, written to a temporary file and renamed: a study exists
+    whole or not at all. Returns [(reviewer, token)]."""
     out.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".study.", suffix=".sqlite.tmp")
     os.close(fd)
@@ -275,44 +304,44 @@ def create_study(
                     "INSERT INTO meta (key, value) VALUES (?, ?)",
                     [(k, json.dumps(v)) for k, v in settings.items()],
                 )
-                for pos, run in enumerate((a, b)):
+                for pos, run in enumerate(pair):
                     conn.execute(
                         "INSERT INTO runs (position, name, dir) VALUES (?, ?, ?)",
                         (pos, run["name"], run["dir"]),
                     )
-                taken: set[str] = set()
-                for idx, rec in enumerate(chosen):
-                    item_id = secrets.token_hex(8)  # opaque: says nothing of record, run or order
-                    while item_id in taken:
-                        item_id = secrets.token_hex(8)
-                    taken.add(item_id)
-                    conn.execute(
-                        "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            item_id,
-                            idx,
-                            rec["id"],
-                            rec["task"],
-                            rec["source"],
-                            rec["question"],
-                            rec["answer"],
-                            json.dumps(rec["boxes"]),
-                            rec["width"],
-                            rec["height"],
-                            json.dumps([str(p.resolve()) for p in image_paths(data_dir, rec)]),
-                        ),
-                    )
-                    for run in (a, b):
-                        conn.execute(
-                            "INSERT INTO completions (item_id, run, text) VALUES (?, ?, ?)",
-                            (item_id, run["name"], run["predictions"][rec["id"]]),
-                        )
+                _insert_items(conn, chosen, pair, data_dir)
                 links = add_reviewers(conn, reviewers)
         os.chmod(tmp, 0o600)  # it holds the reviewers' tokens
         os.replace(tmp, db.study_db(out))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return links
+
+
+def create_study(
+    runs: dict[str, str],
+    out: str | Path,
+    reviewers: list[str],
+    limit: int | None = None,
+    seed: int | None = None,
+    show_truth: bool = False,
+) -> tuple[Path, list[tuple[str, str]]]:
+    """Write OUT/study.sqlite and OUT/study.json; returns (study folder, [(reviewer, token)])."""
+    out = Path(out)
+    _check_request(runs, out, reviewers)
+    a, b = (load_run_dir(name, folder) for name, folder in runs.items())
+    check_runs(a, b)
+    data_dir, split = a["config"]["data"], a["config"]["split"]
+    if not Path(data_dir).exists():
+        raise StudyError(f"{Path(a['dir']) / RUN_CONFIG}: its dataset {data_dir} is not found")
+    seed = secrets.randbits(31) if seed is None else seed
+    records = read_records(data_dir, split=split)
+    chosen = _select_records(records, a["predictions"], data_dir, limit, seed)
+    if not chosen:
+        raise StudyError(f"no records to review in {data_dir} (split {split})")
+    settings = _settings(chosen, data_dir, split, seed, show_truth)
+    links = _write_db(out, settings, (a, b), chosen, data_dir, reviewers)
     write_manifest(out)
     return out, links
 
