@@ -28,7 +28,7 @@ NPROC ?= 8
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu test lint format demo demo-seeds reward-study tiny-model phantom sft coldstart-data coldstart grpo \
+.PHONY: help install install-gpu test test-fast lint format demo demo-seeds reward-study tiny-model phantom sft coldstart-data coldstart grpo \
 	vllm-serve check-vllm eval compare review review-analyse bench bench-sft bench-rewards bench-grpo bench-vllm bench-data clean
 
 help: ## list every target
@@ -60,10 +60,17 @@ install-gpu: ## install the GPU stack (torch 2.13.0 + vLLM 0.31.0) into .venv, f
 	$(PY) -m pip install --no-deps -e .
 	touch $(GPU_STAMP) $(VENV_STAMP)
 
-test: $(VENV_STAMP) ## lint, then the offline CPU test suite
+# Two pytest-xdist workers: most tests wait on one-thread subprocesses; worksteal evens out the long ones.
+TEST_WORKERS ?= 2
+test: $(VENV_STAMP) ## lint, then the offline CPU test suite (TEST_WORKERS=2 xdist workers)
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal $(ARGS)
+
+test-fast: $(VENV_STAMP) ## the inner loop: lint + every test not marked slow (no training runs, no vLLM)
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal -m "not slow" $(ARGS)
 
 lint: $(VENV_STAMP) ## ruff lint + format check
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
@@ -135,12 +142,12 @@ compare: $(VENV_STAMP) ## table, paired differences, plots: make compare RUNS="b
 		$(if $(BASELINE),--baseline $(BASELINE)) --runs $(RUNS)
 
 # Blind pairwise review (docs/review.md): the study goes to REVIEW_OUT, by default
-# outputs/review/NAME1-vs-NAME2; a second `make review` with the same RUNS resumes it (and adds new REVIEWERS).
+# $(OUT)/review/NAME1-vs-NAME2; a second `make review` with the same RUNS resumes it (and adds new REVIEWERS).
 REVIEWERS ?=
 REVIEW_OUT ?=
 STUDY ?=
 review: $(VENV_STAMP) ## blind review app on localhost: make review RUNS="a=DIR b=DIR" REVIEWERS=alice,bob
-	$(PY) -m evaluation.review start --runs $(RUNS) $(if $(REVIEWERS),--reviewers $(REVIEWERS)) \
+	$(PY) -m evaluation.review start --runs $(RUNS) --out_root $(OUT) $(if $(REVIEWERS),--reviewers $(REVIEWERS)) \
 		$(if $(REVIEW_OUT),--out $(REVIEW_OUT)) $(ARGS)
 
 review-analyse: $(VENV_STAMP) ## review results: rates, CIs, kappa, judge: make review-analyse STUDY=DIR [ARGS=--paper]

@@ -227,3 +227,45 @@ def test_no_frame_keeps_original_files_readable_through_image_roots(tmp_path, mo
     assert json.loads((out / "frame.json").read_text()) == {"image_roots": [str(root.resolve())]}
     assert read_frame(out) is None  # roots only: still no frame, the processor resizes at run time
     assert image_paths(out, rec) == [(root / "imgs" / "a.png").resolve()]
+
+
+def test_one_placeholder_for_two_views_images_first_for_the_benchmark_strict_for_training(tmp_path):
+    """A multi-view study in the paper's prompt shape: one leading <image>, two images. The benchmark
+    adapter (placeholder_policy: images_first) keeps it with both views in order, counted; the EasyR1
+    training import (strict) rejects it, counted, because a trained model must see each image where
+    its text puts it."""
+    from data_prep.converters import easyr1
+
+    root = tmp_path / "bench"
+    png(root / "imgs" / "frontal.png", size=(600, 500))
+    png(root / "imgs" / "lateral.png", size=(500, 600))
+    row = {"id": "s1", "problem": "<image>\nDescribe the findings of the provided image(s).",
+           "images": ["imgs/frontal.png", "imgs/lateral.png"], "answer": "No acute process."}  # fmt: skip
+    path = root / "test.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+
+    ledger = adapt(CONFIG, path, tmp_path / "bench-out", progress=False)
+    assert ledger["written"] == 1 and ledger["images_at_one_placeholder"] == 1
+    (rec,) = read_records(tmp_path / "bench-out")
+    assert rec["question"] == "Describe the findings of the provided image(s)."  # images first
+    assert rec["meta"]["original_size"] == [600, 500]  # the frontal view leads, the lateral follows
+    assert [list(Image.open(tmp_path / "bench-out" / i).size) for i in rec["image"]] == rec["meta"][
+        "image_sizes"
+    ]
+    assert rec["meta"]["image_sizes"][0][0] > rec["meta"]["image_sizes"][0][1]  # landscape frontal first
+    assert rec["meta"]["image_sizes"][1][0] < rec["meta"]["image_sizes"][1][1]
+
+    ledger = easyr1.import_file(path, tmp_path / "train-out", split="train", progress=False)
+    assert ledger["written"] == 0 and ledger["rejected_by_reason"] == {"image placeholders": 1}
+    (reject,) = map(json.loads, (tmp_path / "train-out" / "rejects.jsonl").read_text().splitlines())
+    assert "1 <image> placeholder(s) for 2 image(s)" in reject["detail"]
+    assert "images_at_one_placeholder" not in ledger
+
+
+def test_placeholder_policy_is_checked(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        CONFIG.read_text().replace("placeholder_policy: images_first", "placeholder_policy: loose")
+    )
+    with pytest.raises(ConfigError, match="placeholder_policy 'loose' is not one of strict, images_first"):
+        load_config(cfg)

@@ -105,46 +105,39 @@ def test_two_process_launch_with_torchrun(tiny_dir, phantom_dir, tmp_path):
     assert (out / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize(
-    "break_row, message",
-    [
-        (lambda r: r.update(image="images/missing.png"), "image file not found"),
-        (lambda r: r.update(answer=""), "field 'answer' is empty"),
-        (
-            lambda r: r.update(boxes=[{"label": "nodule", "box": [10, 10, 500, 40]}]),
-            "outside the 112x112 frame",
-        ),
-    ],
-)
-def test_bad_rows_stop_with_an_error_naming_the_row(tiny_dir, phantom_dir, tmp_path, break_row, message):
+BREAKS = [
+    (lambda r: r.update(image="images/missing.png"), "image file not found"),
+    (lambda r: r.update(answer=""), "field 'answer' is empty"),
+    (lambda r: r.update(boxes=[{"label": "nodule", "box": [10, 10, 500, 40]}]), "outside the 112x112 frame"),
+]
+
+
+def test_bad_rows_stop_with_an_error_naming_each_row(tiny_dir, phantom_dir, tmp_path):
+    """Three rows broken three ways: one launch names every one (file, line, id, reason); a second
+    with skip_bad_rows trains on the rest and counts them."""
     data = tmp_path / "bad"
     shutil.copytree(phantom_dir, data)
     records = read_records(data)
-    victim = next(i for i, r in enumerate(records) if r["split"] == "train" and r["task"] == "vqa")
-    break_row(records[victim])
+    victims = [i for i, r in enumerate(records) if r["split"] == "train" and r["task"] == "vqa"][
+        : len(BREAKS)
+    ]
+    for victim, (break_row, _) in zip(victims, BREAKS):
+        break_row(records[victim])
     write_jsonl(data / "records.jsonl", records)
     proc = run_module(
         "recipes.grpo", *grpo_args(tiny_dir, data, tmp_path / "o", "--max_steps", "1"), check=False
     )
     err = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert f"records.jsonl:{victim + 1} (id='{records[victim]['id']}')" in err and message in err
+    for victim, (_, message) in zip(victims, BREAKS):
+        assert f"records.jsonl:{victim + 1} (id='{records[victim]['id']}')" in err and message in err, message
     assert "Traceback" not in err  # a clear message, not a crash inside TRL
     ok = run_module(
         "recipes.grpo",
-        *grpo_args(
-            tiny_dir,
-            data,
-            tmp_path / "o2",
-            "--max_steps",
-            "1",
-            "--skip_bad_rows",
-            "true",
-            "--save_strategy",
-            "no",
-        ),
-    )
-    assert "skipped 1 bad row(s)" in (ok.stdout + ok.stderr)
+        *grpo_args(tiny_dir, data, tmp_path / "o2", "--max_steps", "1", "--skip_bad_rows", "true",
+                   "--save_strategy", "no"),
+    )  # fmt: skip
+    assert f"skipped {len(BREAKS)} bad row(s)" in (ok.stdout + ok.stderr)
 
 
 def test_long_prompts_are_filtered_and_counted(tiny_dir, phantom_dir, tmp_path):

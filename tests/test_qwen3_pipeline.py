@@ -1,26 +1,23 @@
-"""The tiny Qwen3-VL through the demo's stages: SFT, cold start, GRPO and evaluation, on phantom data
-prepared for its family (sides x 32, boxes written 0-1000 relative)."""
+"""The tiny Qwen3-VL through the demo's stages: SFT, cold start, GRPO (vLLM colocated, on CPU) and
+evaluation, on phantom data prepared for its family (sides x 32, boxes written 0-1000 relative)."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from data_prep.phantom import generate
 from data_prep.synthesis.coldstart import main as coldstart_main
-from demo.tiny_model import build_tiny_model
 from tests.conftest import run_module
 
 pytestmark = pytest.mark.slow
-SIZE = 128
 
 
 @pytest.fixture(scope="module")
-def qwen3(tmp_path_factory):
+def qwen3(tmp_path_factory, qwen3_phantom_dir, tiny_qwen3_dir):
     root = tmp_path_factory.mktemp("q3")
-    data = root / "phantom"
-    generate(40, data, seed=5, size=SIZE, progress=False, family="qwen3-vl")
+    data = qwen3_phantom_dir
     cs = root / "coldstart"
     assert (
         coldstart_main(
@@ -28,8 +25,7 @@ def qwen3(tmp_path_factory):
         )
         == 0
     )
-    model = build_tiny_model(root / "tiny-qwen3-vl", size=SIZE, hidden=64, layers=2, family="qwen3-vl")
-    return root, data, cs, model
+    return root, data, cs, tiny_qwen3_dir
 
 
 def test_qwen3_trains_through_every_stage_and_is_evaluated(qwen3):
@@ -47,12 +43,19 @@ def test_qwen3_trains_through_every_stage_and_is_evaluated(qwen3):
         "--output_dir", cold, "--max_steps", "3", "--save_strategy", "no", "--disable_tqdm", "true",
     )  # fmt: skip
     grpo = root / "grpo"
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"  # vLLM's CPU KV cache: 1 GiB, not a share of all RAM
     proc = run_module(
         "recipes.grpo", "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", cold, "--dataset_name", data,
         "--output_dir", grpo, "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_strategy", "no", "--max_completion_length", "24",
-        "--logging_steps", "1", "--disable_tqdm", "true", "--report_to", "none",
+        "--logging_steps", "1", "--disable_tqdm", "true", "--report_to", "none", "--use_vllm", "true", "--vllm_mode", "colocate",
     )  # fmt: skip
-    assert "rewards/grounding/mean" in proc.stdout + proc.stderr
+    log = proc.stdout + proc.stderr
+    assert "rewards/grounding/mean" in log
+    # rollouts came from vLLM (Qwen3-VL through the guard): TRL logs vLLM's vs the trainer's log-probs
+    logged = [line for line in log.splitlines() if line.startswith("{'loss")]
+    assert len(logged) == 2 and all("sampling/sampling_logp_difference/mean" in r for r in logged)
+    assert "vLLM guard: 17 rollout prompts checked, image tokens as sent" in log  # probe + 2 x 8
+    assert "Traceback" not in log
     ev = root / "eval"
     run_module(
         "evaluation.run", "--model", grpo, "--data", data, "--split", "test", "--limit", "6", "--out", ev,

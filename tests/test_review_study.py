@@ -164,6 +164,14 @@ def test_export_resolves_sides_to_runs(tmp_path):
         export(folder, tmp_path / "votes.txt")
 
 
+def test_without_out_the_study_goes_under_the_out_root(tmp_path, capsys):
+    """`make review` passes its OUT as --out_root: the study lands in OUT/review/NAME1-vs-NAME2."""
+    _, runs = _runs_copy(tmp_path)
+    main(["create", "--runs", *(f"{n}={d}" for n, d in runs.items()), "--out_root", str(tmp_path / "o"),
+          "--reviewers", "ann", "--limit", "2"])  # fmt: skip
+    assert db.study_db(tmp_path / "o" / "review" / "-vs-".join(runs)).exists()
+
+
 def test_errors_are_project_errors_and_the_cli_exits_with_one_line(tmp_path):
     """Library code raises OpenMedixError subclasses (``except Exception`` sees them); only main exits."""
     assert issubclass(StudyError, OpenMedixError) and issubclass(StudyError, ValueError)

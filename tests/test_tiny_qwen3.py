@@ -23,8 +23,8 @@ SIZES = [(128, 128), (112, 112), (80, 144), (40, 40), (512, 400), (60, 300), (30
 
 
 @pytest.fixture(scope="module")
-def qwen3_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_qwen3") / "tiny", size=SIZE, family="qwen3-vl")
+def qwen3_dir(tiny_qwen3_dir):
+    return tiny_qwen3_dir  # the suite's one tiny Qwen3-VL (tests/conftest.py), built with the defaults
 
 
 def noise_image(height: int, width: int, seed: int = 0) -> Image.Image:

@@ -3,7 +3,7 @@
 Colocated GRPO rollouts and training, weight sync, server-mode generation, check-vllm and the
 evaluation backend, on the tiny model. Each test starts its own engine (20-40 s on 2 cores), in a
 subprocess as a user's command would. What only a GPU can run (NCCL weight push to a server, bf16
-kernels, CUDA graphs) is listed in the README's "vLLM" section.
+kernels, CUDA graphs) is listed in docs/vllm.md.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT, TEST_SIZE, run_module, script_env
+from tests.conftest import ROOT, run_module, script_env
 from tests.opinionated import reinit, save_variant
 
 pytestmark = pytest.mark.slow
@@ -31,11 +31,9 @@ def vllm_run(module: str, *args, timeout: int = 600, check: bool = True):
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
+def tiny_dir(tiny128_dir):
     """The demo's tiny model (hidden 128: vLLM's CPU attention has no kernel for the suite's head_dim 16)."""
-    from demo.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny128") / "tiny", size=TEST_SIZE, hidden=128, layers=2)
+    return tiny128_dir
 
 
 @pytest.fixture(scope="module")
@@ -100,27 +98,6 @@ def test_grpo_trains_with_colocated_vllm(tiny_dir, phantom_dir, tmp_path):
     assert "vLLM guard: 41 rollout prompts checked, image tokens as sent" in log  # probe + 5 x 8
     assert (out / "model.safetensors").exists()
     assert "Traceback" not in log  # the process groups close cleanly at exit
-
-
-def test_the_7b_colocate_recipe_settings_train_on_the_tiny_model(tiny_dir, phantom_dir, tmp_path):
-    """recipes/qwen2.5-vl-7b/grpo.yaml as it is - group size 5, 4 x 20 accumulation, 80 steps per
-    generation (320 completions per vLLM round on one process), beta, clip-higher, dapo loss, guard on -
-    with what the hardware and data dictate overridden: model, the data's frame, float32 on CPU, vLLM's
-    memory share, and completions of 48 tokens instead of 2048 (a CI-sized run)."""
-    proc = vllm_run(
-        "recipes.grpo",
-        *("--config", "recipes/qwen2.5-vl-7b/grpo.yaml", "--model_name_or_path", tiny_dir),
-        *("--dataset_name", phantom_dir, "--max_pixels", str(112 * 112), "--output_dir", tmp_path / "g7"),
-        *("--dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--report_to", "none"),
-        *("--vllm_gpu_memory_utilization", "0.1", "--max_completion_length", "48"),
-        *("--max_steps", "5", "--save_strategy", "no", "--disable_tqdm", "true"),
-        timeout=900,
-    )
-    log = proc.stdout + proc.stderr
-    assert "rewards: paper_answer x 0.9, paper_format x 0.1, paper_coordinate x 1.0" in log
-    assert "rollout batches of 64 prompts per epoch" in log
-    assert len(rows(log)) == 5
-    assert "vLLM guard: 641 rollout prompts checked" in log  # probe + 2 rounds x 320
 
 
 def free_port() -> int:
@@ -217,35 +194,3 @@ def test_eval_vllm_backend_gives_the_transformers_predictions(opinionated_dir, p
     assert len(v) == 16 and v == t
     assert len(set(v.values())) > 1
     assert json.loads((tmp_path / "v" / "results.json").read_text())  # scored like any other run
-
-
-# --- the tiny Qwen3-VL (model_family qwen3-vl: sides x 32, 0-1000 boxes) on the same vLLM paths ---
-
-QWEN3_SIZE = 128
-
-
-@pytest.fixture(scope="module")
-def qwen3(tmp_path_factory):
-    from data_prep.phantom import generate
-    from demo.tiny_model import build_tiny_model
-
-    root = tmp_path_factory.mktemp("q3vllm")
-    data = root / "phantom"
-    generate(24, data, seed=7, size=QWEN3_SIZE, progress=False, family="qwen3-vl")
-    tiny = build_tiny_model(root / "tiny", size=QWEN3_SIZE, hidden=128, layers=2, family="qwen3-vl")
-    return data, save_variant(tiny, root / "tiny-op", lambda m: reinit(m, 1))
-
-
-def test_qwen3_grpo_trains_with_colocated_vllm(qwen3, tmp_path):
-    data, model = qwen3
-    proc = vllm_run(
-        "recipes.grpo",
-        *demo_grpo(model, data, tmp_path / "g", "--use_vllm", "true", "--vllm_mode", "colocate"),
-        *["--max_steps", "2", "--max_completion_length", "24", "--logging_steps", "1"],
-        *["--save_strategy", "no", "--disable_tqdm", "true"],
-    )
-    log = proc.stdout + proc.stderr
-    logged = rows(log)
-    assert len(logged) == 2 and all("sampling/sampling_logp_difference/mean" in r for r in logged)
-    assert "vLLM guard: 17 rollout prompts checked, image tokens as sent" in log  # probe + 2 x 8
-    assert "Traceback" not in log

@@ -58,6 +58,10 @@ from data_prep.io import RECORDS, Ledger, atomic_write_text, iter_jsonl, write_j
 from data_prep.schema import IMAGE_TOKEN, LIST_SEP, SPLITS, TASKS, RecordError, make_record, record_images
 
 REQUIRED = ("question", "answer", "image")
+# Rows with fewer <image> placeholders than images: `strict` rejects them (a training import, where the
+# model must see each image where its text says); `images_first` puts all of a row's images at its one
+# placeholder (a benchmark prompt that says "the provided image(s)" over a frontal + lateral study).
+PLACEHOLDER_POLICIES = ("strict", "images_first")
 KNOWN_COLUMNS = (
     "id",
     "question",
@@ -168,6 +172,11 @@ def load_config(path: str | Path) -> dict:
     frame = cfg.get("frame")
     if frame is not None and not {"min_pixels", "max_pixels"} <= set(frame):
         raise ConfigError(f"{path}: frame needs min_pixels and max_pixels (or frame: null)")
+    policy = cfg.setdefault("placeholder_policy", "strict")
+    if policy not in PLACEHOLDER_POLICIES:
+        raise ConfigError(
+            f"{path}: placeholder_policy '{policy}' is not one of {', '.join(PLACEHOLDER_POLICIES)}"
+        )
     return cfg
 
 
@@ -224,6 +233,14 @@ def resolve_task(row: dict, task_cfg: dict, question: str = "") -> tuple[str | N
 def first_words(text: str, n: int = 8) -> str:
     words = str(text).replace(IMAGE_TOKEN, " ").split()
     return " ".join(words[:n]) + (" ..." if len(words) > n else "")
+
+
+def spread_placeholder(question: str, n_images: int, policy: str) -> str:
+    """``images_first``: a question with one ``<image>`` for several images gets them all at that place
+    (leading, as benchmark prompts put it: images first); anything else is left to ``place_images``."""
+    if policy == "images_first" and n_images > 1 and question.count(IMAGE_TOKEN) == 1:
+        return question.replace(IMAGE_TOKEN, IMAGE_TOKEN * n_images)
+    return question
 
 
 def place_images(question: str, n_images: int) -> str:
@@ -394,6 +411,7 @@ class _Run:
     staging: Path  # embedded image bytes: staged for conversion (then dropped), or kept without a frame
     split: str
     constants: dict
+    spread: int = 0  # rows whose images all went to their one placeholder (placeholder_policy)
 
     @property
     def frame(self) -> dict | None:
@@ -488,7 +506,9 @@ def _row_fields(row: dict, rownum: int, run: _Run, seen: set[str]) -> dict:
     if not answer:
         raise _Reject("missing answer", "empty answer")
     srcs = _checked(image_sources, "bad image value", (ValueError, TypeError), image, run.root, run.staging)
-    question = _checked(place_images, "image placeholders", (ValueError,), str(question), len(srcs))
+    spread = spread_placeholder(str(question), len(srcs), run.cfg.get("placeholder_policy", "strict"))
+    run.spread += spread != str(question)
+    question = _checked(place_images, "image placeholders", (ValueError,), spread, len(srcs))
     row_split = _row_split(row, run)
     meta = {**_row_meta(row, run), "benchmark": cfg["name"], "row": rownum, **task_why}
     meta.update(_meta_columns(row, cfg))
@@ -669,6 +689,8 @@ def _write(records: list[dict], run: _Run, ledger: Ledger) -> None:
         "records_per_task": _counts(r["task"] for r in records),
         "records_per_source": _counts(r["source"] for r in records),
     }
+    if run.cfg.get("placeholder_policy") == "images_first":
+        ledger.extra["images_at_one_placeholder"] = run.spread
     if before:
         ledger.extra["reimport"] = replace_previous(out, before, records)
     ledger.save(out)

@@ -26,8 +26,8 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def _default_out(runs: dict[str, str]) -> Path:
-    return Path("outputs/review") / "-vs-".join(runs)
+def _default_out(runs: dict[str, str], out_root: str = "outputs") -> Path:
+    return Path(out_root) / "review" / "-vs-".join(runs)
 
 
 def _print_links(study, host: str, port: int) -> None:
@@ -56,7 +56,8 @@ def _add_reviewers(study, names: list[str], only_new: bool = False) -> None:
 
 def _add_create_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", nargs=2, required=True, metavar="NAME=DIR", help="two evaluation.run folders")
-    p.add_argument("--out", default=None, help="study folder (default: outputs/review/NAME1-vs-NAME2)")
+    p.add_argument("--out", default=None, help="study folder (default: OUT_ROOT/review/NAME1-vs-NAME2)")
+    p.add_argument("--out_root", default="outputs", help="the outputs folder (`make review` passes its OUT)")
     p.add_argument(
         "--reviewers",
         default=None,
@@ -179,7 +180,7 @@ def _create(args) -> Path:
     from evaluation.runs import parse_runs
 
     runs = parse_runs(args.runs)
-    out = Path(args.out) if args.out else _default_out(runs)
+    out = Path(args.out) if args.out else _default_out(runs, args.out_root)
     study, _ = create_study(
         runs,
         out,
@@ -212,7 +213,7 @@ def _cmd_serve(args) -> None:
         from evaluation.runs import parse_runs
 
         runs = parse_runs(args.runs)
-        study = Path(args.out) if args.out else _default_out(runs)
+        study = Path(args.out) if args.out else _default_out(runs, args.out_root)
         if db.study_db(study).exists():
             check_same_runs(study, runs)
             log.info("resuming study %s", study)
