@@ -15,6 +15,10 @@ from data_prep.errors import OpenMedixError
 
 FACTOR = 28  # Qwen2.5-VL: patch 14 x spatial merge 2
 QWEN_MIN_PIXELS = 56 * 56
+# The Qwen3-VL frame of the demo: four merged vision tokens of 32 px, as 56 * 56 is for Qwen2.5-VL
+# (qwen-vl-utils). The phantom data and the tiny Qwen3-VL use it; the Qwen3-VL recipes for real
+# models keep the processor's own default, 256 * 256 (data_prep.families), which exceeds small frames.
+QWEN3_MIN_PIXELS = 64 * 64
 PAPER_MAX_PIXELS = 512 * 512  # the released model runs with max_pixels = 262144
 # frame.json key: folders outside the dataset folder its records' images may lie in (data_prep.io.image_roots)
 IMAGE_ROOTS = "image_roots"

@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from data_prep.errors import setup_logging
 from data_prep.families import DEFAULT_FAMILY, FAMILIES, get_family
-from data_prep.frame import FACTOR, QWEN_MIN_PIXELS, write_frame
+from data_prep.frame import FACTOR, QWEN3_MIN_PIXELS, QWEN_MIN_PIXELS, write_frame
 from data_prep.io import RECORDS, Ledger, write_jsonl
 from data_prep.schema import LIST_SEP, RecordError, make_record
 from rewards.parsing import format_box
@@ -765,7 +765,8 @@ def generate(
                 ledger.reject("invalid record", where=fields["id"], detail=str(e), row=fields)
     # the records file goes last and atomically: it never names an image that is not there yet
     ledger.written = write_jsonl(out / RECORDS, records)
-    write_frame(out, min_pixels=QWEN_MIN_PIXELS, max_pixels=size * size, factor=fam.factor, family=fam.name)
+    min_pixels = QWEN3_MIN_PIXELS if fam.name == "qwen3-vl" else QWEN_MIN_PIXELS  # the tiny models' frame
+    write_frame(out, min_pixels=min_pixels, max_pixels=size * size, factor=fam.factor, family=fam.name)
     ledger.extra = ledger_counts(records, seed, size)
     ledger.save(out)
     log.info("%s", ledger.summary())

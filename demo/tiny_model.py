@@ -47,7 +47,7 @@ from transformers import (
 )
 
 from data_prep.errors import setup_logging
-from data_prep.frame import QWEN_MIN_PIXELS
+from data_prep.frame import QWEN3_MIN_PIXELS, QWEN_MIN_PIXELS
 from data_prep.prompts import REASONING_INSTRUCTION
 
 # Qwen2.5-VL's added tokens, in Qwen's order (ids differ: our vocabulary is tiny).
@@ -233,10 +233,6 @@ def tiny_config(tokenizer, hidden: int = 128, layers: int = 2, vision_hidden: in
 # "<think> ... </think>" survives decoding with skip_special_tokens into the text the rewards read.
 QWEN3_VL_ADDED_TOKENS = SPECIAL_TOKENS + ["<tool_response>", "</tool_response>", "<think>", "</think>"]
 QWEN3_VL_NOT_SPECIAL = tuple(QWEN3_VL_ADDED_TOKENS[QWEN3_VL_ADDED_TOKENS.index("<tool_call>") :])
-
-# Four merged vision tokens, as QWEN_MIN_PIXELS = 56 * 56 is for Qwen2.5-VL (qwen-vl-utils: 4 tokens
-# x 32^2 for Qwen3-VL). Qwen3-VL-8B-Instruct's own processor default, 256 * 256, exceeds small frames.
-QWEN3_MIN_PIXELS = 64 * 64
 
 # The chat template shipped with Qwen/Qwen3-VL-8B-Instruct, verbatim (5292 bytes, SHA-256
 # 3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4, as pinned for the template of

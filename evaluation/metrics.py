@@ -44,8 +44,11 @@ Definitions (also in the README's evaluation section):
   ground-truth boxes of the best IoU of any cited box (0 when nothing is cited) - a measurable
   stand-in for the paper's "grounded preference"; ``cited_box_iou_hungarian`` is the stricter
   one-to-one version (Hungarian matching, one cited box cannot cover several findings);
-  ``cited_precision_iou`` = mean over cited boxes of their best IoU with a ground-truth box
-  (punishes box spam, over samples that cite at least one box); ``cited_hit50`` = some cited box
+  ``cited_precision_iou`` = mean over cited boxes of their best IoU with any finding annotated on
+  the image, from every record of the split (punishes box spam, over samples that cite at least one
+  box and whose image has findings; a question's record holds only the asked finding's box, so a
+  survey that also cites the image's other true findings is not punished, as in the grounded
+  reward); ``cited_precision_iou_record`` is the same against the record's own boxes; ``cited_hit50`` = some cited box
   has IoU >= 0.5 with some ground-truth box.
 * **Confidence intervals** are not computed here: ``evaluation.stats`` resamples whole studies and
   recomputes each metric (ratio metrics from resampled counts).
@@ -341,8 +344,10 @@ def cited_boxes(text: str) -> list[list[float]]:
     return find_boxes(think) if think is not None else []
 
 
-def reasoning_sample(text: str, record: dict) -> dict:
-    """Per-completion reasoning facts: format, cited boxes, their validity and overlap with gt."""
+def reasoning_sample(text: str, record: dict, image_findings: Sequence | None = None) -> dict:
+    """Per-completion reasoning facts: format, cited boxes, their validity and overlap with gt.
+    ``image_findings``: every box annotated on the record's image, ``{"label", "box"}`` items as
+    ``data_prep.trl_dataset.image_boxes`` gives them (default: the record's own)."""
     cited = cited_boxes(text)
     valid = [box_problem(b, record["width"], record["height"]) is None for b in cited]
     gt = [b["box"] for b in record.get("boxes") or []]
@@ -359,7 +364,10 @@ def reasoning_sample(text: str, record: dict) -> dict:
         "n_valid": int(sum(valid)),
         "cited_iou": best_match_iou(cited, gt),
         "cited_iou_hungarian": hungarian_iou(cited, gt),
-        "cited_precision_iou": precision_iou(cited, gt),
+        "cited_precision_iou": precision_iou(
+            cited, [b["box"] for b in image_findings] if image_findings else gt
+        ),
+        "cited_precision_iou_record": precision_iou(cited, gt),
         "cited_hit50": hit,
     }
 
@@ -388,6 +396,7 @@ def reasoning_metrics(samples: Sequence[dict]) -> tuple[dict, dict]:
         "cited_box_iou": mean_or_none(opt("cited_iou")),
         "cited_box_iou_hungarian": mean_or_none(opt("cited_iou_hungarian")),
         "cited_precision_iou": mean_or_none(opt("cited_precision_iou")),
+        "cited_precision_iou_record": mean_or_none(opt("cited_precision_iou_record")),
         "cited_hit50": mean_or_none(opt("cited_hit50")),
     }
     arrays = {

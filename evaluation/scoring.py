@@ -92,7 +92,7 @@ def score_run(
     for group, scorer in TASK_SCORERS.items():
         if groups.get(group):
             results[group] = scorer(task, np.asarray(groups[group]), stats)
-    results["reasoning"] = _score_reasoning(task, texts, stats) if reasoning else None
+    results["reasoning"] = _score_reasoning(task, texts, stats, boxes_of_image) if reasoning else None
     results["reward"] = _score_grounded_reward(texts, task, boxes_of_image, stats)
     results["by_source"] = _by_source(records, answers, per_sample)
 
@@ -272,9 +272,10 @@ def _score_reports(task: TaskData, idx: np.ndarray, stats: dict) -> dict:
     return summary
 
 
-def _score_reasoning(task: TaskData, texts: list[str], stats: dict) -> dict:
+def _score_reasoning(task: TaskData, texts: list[str], stats: dict, boxes_of_image: dict | None) -> dict:
     records = task.records
-    samples = [M.reasoning_sample(t, r) for t, r in zip(texts, records)]
+    findings = image_boxes(records) if boxes_of_image is None else boxes_of_image  # as the reward reads them
+    samples = [M.reasoning_sample(t, r, findings.get(image_key(r))) for t, r in zip(texts, records)]
     summary, arrays = M.reasoning_metrics(samples)
     summary["by_task"] = {
         name: M.reasoning_metrics([s for s, r in zip(samples, records) if r["task"] == name])[0]

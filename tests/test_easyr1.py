@@ -51,6 +51,10 @@ def test_round_trip_mixture_stage_export_import(phantom_mixture, tmp_path):
         for key in ("task", "question", "answer", "boxes", "source", "split", "patient_id", "study_id"):
             assert rec[key] == orig[key], (rid, key)
         assert (rec["width"], rec["height"]) == (orig["width"], orig["height"])
+    # each distinct image stored once (named by its content), though every row carried its own bytes
+    stored = {p.name for p in (imported / "images").iterdir()}
+    assert len(stored) == len({r["image"] for r in original.values()}) < len(original)
+    assert {back[rid]["image"].split("/")[-1] for rid in back} == stored
     # images byte-equal after the frame conversion: the imported file is what converting the original gives
     for rid in list(back)[:10]:
         ref = tmp_path / "ref" / f"{rid}.png"

@@ -441,3 +441,23 @@ def test_grounded_reward_checks_cited_boxes_against_every_box_of_the_image():
     assert per[0]["grounded_reward"]["grounding"] == pytest.approx(
         2 / 3
     )  # soft F1: 1 of 2 cited, 1 of 1 true
+
+
+def test_cited_precision_iou_counts_every_finding_of_the_image():
+    """Two questions on one image, one finding each. Citing both true findings is precise (1.0) against
+    the image's findings, as the grounded reward judges it; against the record's own box only, the
+    other finding looks like a wrong box (0.5), kept as cited_precision_iou_record."""
+    records = [
+        rec(1, "vqa", "yes", boxes=[("nodule", (10, 10, 30, 30))], width=112, height=112),
+        rec(2, "vqa", "yes", boxes=[("effusion", (60, 60, 100, 100))], width=112, height=112),
+    ]
+    both = (
+        "<think> Nodule [10, 10, 30, 30]; effusion [60, 60, 100, 100]. </think>. The answer is: \\boxed{yes}"
+    )
+    results, _, _ = score_run(
+        records, {"r1": both, "r2": both}, reasoning=True, meteor=False, model_metrics=False, n_boot=50
+    )
+    assert results["reasoning"]["cited_precision_iou"] == pytest.approx(1.0)
+    assert results["reasoning"]["cited_precision_iou_record"] == pytest.approx(0.5)
+    sample = M.reasoning_sample(both, records[0])  # no image findings given: the record's own boxes
+    assert sample["cited_precision_iou"] == sample["cited_precision_iou_record"] == pytest.approx(0.5)

@@ -2,6 +2,7 @@
 its real processor (and the tiny Qwen2.5-VL's) resizes exactly like the frame rule; it generates."""
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -9,8 +10,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen3VLForConditionalGeneration
 
-from data_prep.frame import smart_resize
-from demo.tiny_model import QWEN3_MIN_PIXELS, QWEN3_VL_ADDED_TOKENS, QWEN3_VL_NOT_SPECIAL, build_tiny_model
+from data_prep.frame import QWEN3_MIN_PIXELS, smart_resize
+from demo.tiny_model import QWEN3_VL_ADDED_TOKENS, QWEN3_VL_NOT_SPECIAL, build_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -166,3 +167,12 @@ def test_one_training_step_reaches_every_parameter(qwen3_dir):
     inputs = processor(text=[text], images=[noise_image(SIZE, SIZE)], return_tensors="pt")
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
     assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()] == []
+
+
+def test_phantom_and_tiny_model_share_one_qwen3_frame(qwen3_dir, qwen3_phantom_dir):
+    """One documented Qwen3-VL frame for the demo's kind of data (data_prep.frame.QWEN3_MIN_PIXELS):
+    the phantom data records it and the tiny model's processor resizes with it."""
+    frame = json.loads((qwen3_phantom_dir / "frame.json").read_text())
+    size = AutoProcessor.from_pretrained(qwen3_dir).image_processor.size
+    assert frame["min_pixels"] == size["shortest_edge"] == QWEN3_MIN_PIXELS
+    assert frame["max_pixels"] == size["longest_edge"] == SIZE * SIZE and frame["family"] == "qwen3-vl"
