@@ -60,7 +60,7 @@ install-gpu: ## install the GPU stack (torch 2.13.0 + vLLM 0.31.0) into .venv, f
 	$(PY) -m pip install --no-deps -e .
 	touch $(GPU_STAMP) $(VENV_STAMP)
 
-# Two pytest-xdist workers: most tests wait on one-thread subprocesses; worksteal evens out the long ones.
+# Two pytest-xdist workers: most tests wait on one-thread subprocesses; the longest tests start first on both (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: $(VENV_STAMP) ## lint, then the offline CPU test suite (TEST_WORKERS=2 xdist workers)
 	.venv/bin/ruff check .

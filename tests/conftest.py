@@ -102,3 +102,81 @@ def tiny_qwen3_dir(tmp_path_factory) -> Path:
         "tiny-qwen3",
         lambda out: build_tiny_model(out, size=QWEN3_SIZE, hidden=128, layers=2, family="qwen3-vl"),
     )
+
+
+def run_in_process(module: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """`python -m module args` in this process (runpy, as `-m` runs it): the same code path without a
+    new interpreter importing torch, transformers and TRL again (about 8 s of CPU each). For commands
+    that stop before training, and single-process CPU runs without vLLM; launches, kills and vLLM
+    engines stay in subprocesses (run_module). What it prints and logs comes back as stdout / stderr; a
+    SystemExit becomes the return code (its message on stderr), as the shell would see it."""
+    import contextlib
+    import io
+    import logging
+    import runpy
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 does for a launched command: the other worker's core
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    root, code = logging.getLogger(), 0
+    saved_env, saved_argv = dict(os.environ), sys.argv
+    os.environ.update({k: v for k, v in script_env().items() if k != "OMP_NUM_THREADS"})
+    sys.argv = [module, *map(str, args)]
+    root.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+        if not isinstance(e.code, int) and e.code is not None:
+            err.write(f"{e.code}\n")
+    except Exception:  # what the interpreter does with an uncaught exception: traceback, exit 1
+        import traceback
+
+        err.write(traceback.format_exc())
+        code = 1
+    finally:
+        root.removeHandler(handler)
+        torch.set_num_threads(threads)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    proc = subprocess.CompletedProcess([module, *map(str, args)], code, out.getvalue(), err.getvalue())
+    if check and code:
+        raise AssertionError(
+            f"{module} {' '.join(map(str, args))} failed ({code}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+# The longest tests first, alternating between the halves that pytest-xdist's worksteal scheduler
+# hands its two workers (`make test`): each worker starts on long tests and the short ones left at the
+# ends even out the finish, instead of one long test running alone at the end while the other worker
+# idles. Measured with --durations, longest first.
+LONGEST_FIRST = (
+    "test_launch_shapes.py::test_7b",
+    "test_vllm.py::test_eval_vllm_backend",
+    "test_qwen3_pipeline.py::test_qwen3_trains",
+    "test_vllm.py::test_server_mode",
+    "test_vllm.py::test_check_vllm",
+    "test_vllm.py::test_weight_sync",
+    "test_vllm.py::test_grpo_trains",
+    "test_grpo.py::test_two_process",
+    "test_launch_shapes.py::test_stage1",
+    "test_grpo.py::test_killed",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        return next((i for i, key in enumerate(LONGEST_FIRST) if key in item.nodeid), len(LONGEST_FIRST))
+
+    long = sorted((it for it in items if rank(it) < len(LONGEST_FIRST)), key=rank)
+    rest = [it for it in items if rank(it) == len(LONGEST_FIRST)]
+    first_half = len(items) - len(items) // 2  # worksteal's first worker gets the first half
+    a, b = long[0::2], long[1::2]
+    a += rest[: first_half - len(a)]
+    items[:] = a + b + rest[first_half - len(long[0::2]) :]

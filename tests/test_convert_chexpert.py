@@ -15,7 +15,7 @@ from PIL import Image
 from data_prep.converters import chexpert, chexpert_plus
 from data_prep.converters.common import main
 from data_prep.io import read_records
-from tests.conftest import run_module
+from tests.conftest import run_in_process
 
 # the files torchxrayvision ships, located without importing it (importing it loads torch)
 TXV = Path(importlib.util.find_spec("torchxrayvision").origin).parent / "data"
@@ -191,9 +191,9 @@ def test_a_csv_without_a_column_is_one_line_naming_file_and_columns(chexpert_roo
     message = str(e.value.code)
     assert "\n" not in message and message.startswith(f"chexpert: {train}: missing column(s) Frontal/Lateral")
     assert "columns found: 'Path', 'Sex', 'Age', 'View', 'AP/PA'" in message
-    proc = run_module("data_prep.converters.chexpert", *args, check=False)
+    proc = run_in_process("data_prep.converters.chexpert", *args)
     assert proc.returncode == 1 and proc.stderr.strip() == message and "Traceback" not in proc.stderr
-    assert "Traceback" in run_module("data_prep.converters.chexpert", *args, "--debug", check=False).stderr
+    assert "Traceback" in run_in_process("data_prep.converters.chexpert", *args, "--debug").stderr
     (root / "empty").mkdir()
     with pytest.raises(SystemExit, match=r"^chexpert: none of train.csv \(or .gz/.zip\) found under"):
         main(chexpert, ["--root", str(root / "empty"), "--out", str(tmp_path / "o2"), "--no_progress"])

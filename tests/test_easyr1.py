@@ -18,7 +18,7 @@ from data_prep.prompts import REASONING_INSTRUCTION, build_prompt, question_text
 from data_prep.schema import IMAGE_TOKEN, is_credentialed, record_images
 from data_prep.trl_dataset import BadRowsError, load_checked_records
 from rewards import paper
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, run_in_process, run_module
 
 XRAYBENCH = ROOT / "evaluation" / "adapters" / "xraybench.yaml"
 
@@ -224,9 +224,9 @@ def test_a_broken_json_line_is_a_bad_row(phantom_dir, tiny_dir, tmp_path):
     good = load_checked_records(data, "train", skip_bad_rows=True)
     assert len(good) == len(load_checked_records(phantom_dir, "train"))
 
-    proc = run_module(
+    proc = run_in_process(
         "recipes.sft", "--config", "recipes/demo/sft.yaml", "--dataset_name", data, "--model_name_or_path", tiny_dir,
-        "--output_dir", tmp_path / "o", "--max_steps", "1", check=False,
+        "--output_dir", tmp_path / "o", "--max_steps", "1",
     )  # fmt: skip
     assert proc.returncode != 0
     assert "records.jsonl:4: not valid JSON" in proc.stdout + proc.stderr
@@ -234,9 +234,9 @@ def test_a_broken_json_line_is_a_bad_row(phantom_dir, tiny_dir, tmp_path):
 
 
 def test_a_missing_model_folder_is_a_clear_error(phantom_dir, tmp_path):
-    proc = run_module(
+    proc = run_in_process(
         "recipes.sft", "--config", "recipes/demo/sft.yaml", "--dataset_name", phantom_dir,
-        "--model_name_or_path", tmp_path / "no-such-model", "--output_dir", tmp_path / "o", check=False,
+        "--model_name_or_path", tmp_path / "no-such-model", "--output_dir", tmp_path / "o",
     )  # fmt: skip
     assert proc.returncode != 0 and "cannot read the model config of" in proc.stderr
     assert "make tiny-model" in proc.stderr and "Traceback" not in proc.stderr

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from data_prep.io import read_records, write_jsonl
-from tests.conftest import ROOT, run_module, script_env
+from tests.conftest import ROOT, run_in_process, run_module, script_env
 from training import vllm_guard
 from training.cli import RecipeError
 
@@ -37,9 +37,10 @@ def logged_rewards(log: str) -> list[dict]:
 
 def test_grpo_trains_and_logs_every_reward_from_the_yaml(tiny_dir, phantom_dir, tmp_path):
     out = tmp_path / "grpo"
-    proc = run_module(
+    proc = run_in_process(
         "recipes.grpo", *grpo_args(tiny_dir, phantom_dir, out, "--max_steps", "2", "--save_strategy", "no")
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     recipe = yaml.safe_load((ROOT / "recipes" / "demo" / "grpo.yaml").read_text())
     weights = ", ".join(f"{n} x {w}" for n, w in zip(recipe["reward_funcs"], recipe["reward_weights"]))
@@ -55,7 +56,7 @@ def test_grpo_trains_and_logs_every_reward_from_the_yaml(tiny_dir, phantom_dir, 
 
 
 def test_paper_mode_uses_the_released_weights(tiny_dir, phantom_dir, tmp_path):
-    proc = run_module(
+    proc = run_in_process(
         "recipes.grpo",
         *grpo_args(tiny_dir, phantom_dir, tmp_path / "p", "--max_steps", "1", "--save_strategy", "no",
                    "--reward_mode", "paper", "--reward_funcs", "paper_answer", "paper_format", "paper_coordinate",
@@ -84,7 +85,11 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_dir, phantom_dir, tmp_
     proc.wait()
     assert not (out / "model.safetensors").exists()
     done = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
-    result = run_module("recipes.grpo", *args)
+    result = run_in_process(
+        "recipes.grpo",
+        *args,
+        check=True,
+    )
     assert f"resuming from {out}/checkpoint-{done[-1]}" in (result.stdout + result.stderr)
     state = json.loads((out / "checkpoint-10" / "trainer_state.json").read_text())
     assert state["global_step"] == 10
@@ -124,24 +129,23 @@ def test_bad_rows_stop_with_an_error_naming_each_row(tiny_dir, phantom_dir, tmp_
     for victim, (break_row, _) in zip(victims, BREAKS):
         break_row(records[victim])
     write_jsonl(data / "records.jsonl", records)
-    proc = run_module(
-        "recipes.grpo", *grpo_args(tiny_dir, data, tmp_path / "o", "--max_steps", "1"), check=False
-    )
+    proc = run_in_process("recipes.grpo", *grpo_args(tiny_dir, data, tmp_path / "o", "--max_steps", "1"))
     err = proc.stdout + proc.stderr
     assert proc.returncode != 0
     for victim, (_, message) in zip(victims, BREAKS):
         assert f"records.jsonl:{victim + 1} (id='{records[victim]['id']}')" in err and message in err, message
     assert "Traceback" not in err  # a clear message, not a crash inside TRL
-    ok = run_module(
+    ok = run_in_process(
         "recipes.grpo",
         *grpo_args(tiny_dir, data, tmp_path / "o2", "--max_steps", "1", "--skip_bad_rows", "true",
                    "--save_strategy", "no"),
+        check=True,
     )  # fmt: skip
     assert f"skipped {len(BREAKS)} bad row(s)" in (ok.stdout + ok.stderr)
 
 
 def test_long_prompts_are_filtered_and_counted(tiny_dir, phantom_dir, tmp_path):
-    proc = run_module(
+    proc = run_in_process(
         "recipes.grpo",
         *grpo_args(tiny_dir, phantom_dir, tmp_path / "o", "--max_steps", "1", "--save_strategy", "no",
                    "--max_prompt_tokens", "120"),

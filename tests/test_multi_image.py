@@ -14,7 +14,7 @@ from data_prep.schema import image_key, record_images
 from data_prep.trl_dataset import grpo_dataset, image_boxes, sft_dataset
 from evaluation.gallery import render_gallery
 from evaluation.generation import load_images, prompt_text
-from tests.conftest import TEST_SIZE, run_module
+from tests.conftest import TEST_SIZE, run_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -54,23 +54,23 @@ def test_trl_rows_and_prompts_carry_two_images(two_views, tiny_dir):
 
 def test_two_view_study_trains_with_sft_and_grpo_and_is_evaluated(two_views, tiny_dir, tmp_path):
     sft = tmp_path / "sft"
-    run_module(
+    run_in_process(
         "recipes.sft", "--config", "recipes/demo/sft.yaml", "--model_name_or_path", tiny_dir,
         "--dataset_name", two_views, "--output_dir", sft, "--max_steps", "3", "--save_strategy", "no",
-        "--disable_tqdm", "true",
+        "--disable_tqdm", "true", check=True,
     )  # fmt: skip
     grpo = tmp_path / "grpo"
-    proc = run_module(
+    proc = run_in_process(
         "recipes.grpo", "--config", "recipes/demo/grpo.yaml", "--model_name_or_path", sft,
         "--dataset_name", two_views, "--output_dir", grpo, "--max_steps", "2", "--per_device_train_batch_size", "8", "--save_strategy", "no",
-        "--max_completion_length", "24", "--logging_steps", "1", "--disable_tqdm", "true", "--report_to", "none",
+        "--max_completion_length", "24", "--logging_steps", "1", "--disable_tqdm", "true", "--report_to", "none", check=True,
     )  # fmt: skip
     assert "rewards/grounding/mean" in proc.stdout + proc.stderr
     assert (grpo / "model.safetensors").exists()
     ev = tmp_path / "eval"
-    run_module(
+    run_in_process(
         "evaluation.run", "--model", grpo, "--data", two_views, "--split", "test", "--limit", "6",
-        "--out", ev, "--max_new_tokens", "24", "--no_model_metrics", "--gallery", "4",
+        "--out", ev, "--max_new_tokens", "24", "--no_model_metrics", "--gallery", "4", check=True,
     )  # fmt: skip
     results = json.loads((ev / "results.json").read_text())
     assert results["n"] == 6 and results["n_missing_predictions"] == 0

@@ -123,6 +123,9 @@ def test_reviewer_votes_with_keys_and_clicks_reloads_and_resumes(tmp_path, brows
         assert page.goto(f"{server.base}/r/{bad}").status == 403
         img = page.request.get(f"{server.base}/r/{bad}/image/{rows[0]['item_id']}/0")
         assert img.status == 403 and PNG not in img.body()
+        # Response events reach `keep` asynchronously: on a busy machine the last (the 403 page) can
+        # still be on its way here. Playwright delivers pending events while it waits.
+        page.wait_for_timeout(500)
         page.close()
 
     # the database holds exactly the votes cast, as cast

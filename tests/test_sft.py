@@ -6,7 +6,7 @@ import re
 import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from tests.conftest import run_module
+from tests.conftest import run_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +24,12 @@ def losses(log: str) -> list[float]:
 
 def test_sft_loss_goes_down_and_saves_a_loadable_model(tiny_dir, phantom_dir, tmp_path):
     out = tmp_path / "sft"
-    proc = run_module(
+    proc = run_in_process(
         "recipes.sft",
         *sft_args(
             tiny_dir, phantom_dir, out, "--max_steps", "40", "--logging_steps", "5", "--warmup_steps", "5"
         ),
+        check=True,
     )
     curve = losses(proc.stdout + proc.stderr)
     assert len(curve) == 8, curve
@@ -41,7 +42,7 @@ def test_sft_loss_goes_down_and_saves_a_loadable_model(tiny_dir, phantom_dir, tm
 
 def test_cold_start_trains_on_reasoning_and_refuses_rows_without_it(tiny_dir, phantom_dir, tmp_path):
     data = tmp_path / "cs"
-    run_module(
+    run_in_process(
         "data_prep.synthesis.coldstart",
         "--teacher",
         "offline",
@@ -51,14 +52,17 @@ def test_cold_start_trains_on_reasoning_and_refuses_rows_without_it(tiny_dir, ph
         data,
         "--limit",
         "40",
+        check=True,
     )
-    proc = run_module(
-        "recipes.sft", *sft_args(tiny_dir, data, tmp_path / "out", "--reasoning", "true", "--max_steps", "2")
+    proc = run_in_process(
+        "recipes.sft",
+        *sft_args(tiny_dir, data, tmp_path / "out", "--reasoning", "true", "--max_steps", "2"),
+        check=True,
     )
     assert "SFT on 40 records (reasoning; qwen2.5-vl, absolute boxes)" in (proc.stdout + proc.stderr)
     # The phantom set has no reasoning: the cold-start stage must stop with a clear message.
-    proc = run_module(
-        "recipes.sft", *sft_args(tiny_dir, phantom_dir, tmp_path / "o2", "--reasoning", "true"), check=False
+    proc = run_in_process(
+        "recipes.sft", *sft_args(tiny_dir, phantom_dir, tmp_path / "o2", "--reasoning", "true")
     )
     assert proc.returncode != 0
     assert "no reasoning (the cold-start stage needs the `reasoning` field)" in proc.stdout + proc.stderr
@@ -66,12 +70,13 @@ def test_cold_start_trains_on_reasoning_and_refuses_rows_without_it(tiny_dir, ph
 
 def test_qlora_on_cpu_saves_adapter_and_merged_model(tiny_dir, phantom_dir, tmp_path):
     out = tmp_path / "qlora"
-    run_module(
+    run_in_process(
         "recipes.sft",
         *sft_args(
             tiny_dir, phantom_dir, out, "--max_steps", "3", "--use_peft", "true", "--load_in_4bit", "true",
             "--lora_r", "8", "--lora_target_modules", "q_proj", "v_proj", "--learning_rate", "1e-3",
         ),
+        check=True,
     )  # fmt: skip
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 8 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
@@ -83,8 +88,8 @@ def test_qlora_on_cpu_saves_adapter_and_merged_model(tiny_dir, phantom_dir, tmp_
 
 
 def test_frame_mismatch_stops_with_a_clear_message(tiny_dir, phantom_dir, tmp_path):
-    proc = run_module(
-        "recipes.sft", *sft_args(tiny_dir, phantom_dir, tmp_path / "x", "--max_pixels", "50176"), check=False
+    proc = run_in_process(
+        "recipes.sft", *sft_args(tiny_dir, phantom_dir, tmp_path / "x", "--max_pixels", "50176")
     )
     assert proc.returncode != 0
     assert "was prepared for min_pixels=3136, max_pixels=12544" in proc.stdout + proc.stderr

@@ -25,7 +25,7 @@ from data_prep.frame import processor_rule
 from data_prep.io import IMAGE_ROOTS_ENV, read_records, write_jsonl
 from data_prep.schema import RecordError, make_record
 from data_prep.trl_dataset import BadRowsError, load_checked_records, reason_kind, sft_row
-from tests.conftest import run_module
+from tests.conftest import run_in_process
 from tests.test_sft import sft_args
 from training.common import CheckpointError, FrameMissing, last_checkpoint, load_processor
 
@@ -191,9 +191,7 @@ def test_sft_without_frame_json_stops_with_the_fix(tiny_dir, phantom_dir, tmp_pa
     data = tmp_path / "noframe"
     shutil.copytree(phantom_dir, data)
     (data / "frame.json").unlink()
-    proc = run_module(
-        "recipes.sft", *sft_args(tiny_dir, data, tmp_path / "o", "--max_steps", "1"), check=False
-    )
+    proc = run_in_process("recipes.sft", *sft_args(tiny_dir, data, tmp_path / "o", "--max_steps", "1"))
     err = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in err
     assert f"{data / 'frame.json'} not found" in err and "--min_pixels N --max_pixels N" in err
@@ -218,9 +216,7 @@ def test_sft_with_a_corrupt_image_names_the_row_or_trains_on_the_rest(tiny_dir, 
     recs[3]["image"] = "images/corrupt.png"
     write_jsonl(data / "records.jsonl", recs)
 
-    proc = run_module(
-        "recipes.sft", *sft_args(tiny_dir, data, tmp_path / "o", "--max_steps", "1"), check=False
-    )
+    proc = run_in_process("recipes.sft", *sft_args(tiny_dir, data, tmp_path / "o", "--max_steps", "1"))
     err = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in err
     last = proc.stderr.strip().splitlines()[-1]  # the whole error: one line
@@ -229,9 +225,10 @@ def test_sft_with_a_corrupt_image_names_the_row_or_trains_on_the_rest(tiny_dir, 
     )
     assert last.endswith("set `skip_bad_rows: true` in the recipe to train without it.")
 
-    ok = run_module(
+    ok = run_in_process(
         "recipes.sft",
         *sft_args(tiny_dir, data, tmp_path / "o2", "--max_steps", "1", "--skip_bad_rows", "true"),
+        check=True,
     )
     assert "skipped 1 bad row(s)" in (ok.stdout + ok.stderr) and "{'unreadable image': 1}" in (
         ok.stdout + ok.stderr
@@ -263,9 +260,7 @@ def test_sft_counts_rows_longer_than_max_length_and_refuses_when_none_fits(tiny_
         rec["answer"] = " ".join(["consolidation"] * 600)  # ~600 tokens: over the demo max_length 512
     write_jsonl(data / "records.jsonl", recs)
 
-    proc = run_module(
-        "recipes.sft", *sft_args(tiny_dir, data, tmp_path / "o", "--max_length", "40"), check=False
-    )
+    proc = run_in_process("recipes.sft", *sft_args(tiny_dir, data, tmp_path / "o", "--max_length", "40"))
     err = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in err
     line = next(x for x in err.splitlines() if "no train row fits" in x)
@@ -274,7 +269,9 @@ def test_sft_counts_rows_longer_than_max_length_and_refuses_when_none_fits(tiny_
     )
     assert "--max_length" in line
 
-    ok = run_module("recipes.sft", *sft_args(tiny_dir, data, tmp_path / "o2", "--max_steps", "1"))
+    ok = run_in_process(
+        "recipes.sft", *sft_args(tiny_dir, data, tmp_path / "o2", "--max_steps", "1"), check=True
+    )
     assert "2 of 8 train rows longer than max_length=512 tokens (image tokens included): dropped" in (
         ok.stdout + ok.stderr
     )
@@ -313,9 +310,7 @@ def test_grpo_with_a_corrupt_image_names_the_row(tiny_dir, phantom_dir, tmp_path
     (data / "images" / "corrupt.png").write_text("not a PNG")
     recs[5]["image"] = "images/corrupt.png"
     write_jsonl(data / "records.jsonl", recs)
-    proc = run_module(
-        "recipes.grpo", *grpo_args(tiny_dir, data, tmp_path / "o", "--max_steps", "1"), check=False
-    )
+    proc = run_in_process("recipes.grpo", *grpo_args(tiny_dir, data, tmp_path / "o", "--max_steps", "1"))
     err = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in err
     assert f"records.jsonl:6 (id='{recs[5]['id']}'): unreadable image: " in err

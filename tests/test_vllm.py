@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT, run_module, script_env
+from tests.conftest import ROOT, run_in_process, run_module, script_env
 from tests.opinionated import reinit, save_variant
 
 pytestmark = pytest.mark.slow
@@ -152,10 +152,9 @@ def test_server_mode_generates_for_trls_client(opinionated_dir, phantom_dir, tmp
 
 
 def test_grpo_refuses_server_mode_training_on_cpu(tiny_dir, phantom_dir, tmp_path):
-    proc = run_module(
+    proc = run_in_process(
         "recipes.grpo",
         *demo_grpo(tiny_dir, phantom_dir, tmp_path / "o", "--use_vllm", "true", "--vllm_mode", "server"),
-        check=False,
     )
     assert proc.returncode != 0
     assert "vllm_mode: server trains only on CUDA GPUs" in proc.stderr and "Traceback" not in proc.stderr
@@ -182,7 +181,7 @@ def test_check_vllm_on_cpu_matches_model_generate_token_by_token(opinionated_dir
 def test_eval_vllm_backend_gives_the_transformers_predictions(opinionated_dir, phantom_dir, tmp_path):
     common = ("--model", opinionated_dir, "--data", phantom_dir, "--limit", "16", "--max_new_tokens", "32")
     vllm_run("evaluation.run", *common, "--backend", "vllm", "--out", tmp_path / "v")
-    run_module("evaluation.run", *common, "--out", tmp_path / "t")
+    run_in_process("evaluation.run", *common, "--out", tmp_path / "t", check=True)
 
     def predictions(d):
         return {
