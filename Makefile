@@ -28,7 +28,7 @@ NPROC ?= 8
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu test test-fast lint format demo demo-seeds reward-study tiny-model phantom sft coldstart-data coldstart grpo \
+.PHONY: help install install-gpu test test-fast lint format demo demo-seeds reward-study sampling-study tiny-model phantom sft coldstart-data coldstart grpo rl-select \
 	vllm-serve check-vllm eval compare review review-analyse bench bench-sft bench-rewards bench-grpo bench-vllm bench-data clean
 
 help: ## list every target
@@ -96,6 +96,10 @@ reward-study: $(VENV_STAMP) ## GRPO with the paper's vs the grounded reward from
 	$(PY) -m demo.reward_study --coldstart $(OUT)/demo/coldstart --data $(OUT)/phantom \
 		--out $(OUT)/reward-study --seeds $(SEEDS) $(ARGS)
 
+sampling-study: $(VENV_STAMP) ## GRPO plain vs dynamic sampling vs pre-selected prompts, paper + grounded reward
+	$(PY) -m demo.sampling_study --coldstart $(OUT)/demo/coldstart --data $(OUT)/phantom \
+		--out $(OUT)/sampling-study --seeds $(SEEDS) $(ARGS)
+
 sft: $(VENV_STAMP) ## stage 1: recipes/$(SCALE)/sft.yaml (accelerate on GPUs; SCALE=demo runs on CPU)
 	$(call launch,recipes.sft,recipes/$(SCALE)/sft.yaml)
 
@@ -116,6 +120,12 @@ coldstart: $(VENV_STAMP) ## stage 2: recipes/$(SCALE)/coldstart.yaml (SFT on the
 GRPO_RECIPE ?= grpo
 grpo: $(VENV_STAMP) ## stage 3: recipes/$(SCALE)/$(GRPO_RECIPE).yaml (GRPO; vLLM on GPUs)
 	$(call launch,recipes.grpo,recipes/$(SCALE)/$(GRPO_RECIPE).yaml)
+
+RL_SELECT_MODEL ?=
+RL_SELECT_OUT ?= $(OUT)/$(SCALE)/rl-select
+rl-select: $(VENV_STAMP) ## before GRPO: k samples per RL prompt, keep those whose rewards differ -> RL_SELECT_OUT
+	$(PY) -m evaluation.rl_select --recipe recipes/$(SCALE)/$(GRPO_RECIPE).yaml --out $(RL_SELECT_OUT) \
+		$(if $(RL_SELECT_MODEL),--model_name_or_path $(RL_SELECT_MODEL)) $(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
 
 VLLM_MODEL ?= outputs/qwen2.5-vl-7b/coldstart
 # The dataset whose frame.json sets the server's min/max pixels (empty: the paper's 3136 / 262144).

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import PartialState
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config, get_quantization_config
+from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from data_prep.errors import setup_logging
 from data_prep.families import check_family
@@ -31,6 +31,7 @@ from data_prep.frame import processor_rule
 from data_prep.io import atomic_write_text
 from data_prep.trl_dataset import grpo_dataset, image_boxes, load_checked_records
 from evaluation.curves import reward_trend, trend_lines
+from evaluation.rl_select import apply_selection
 from training import vision_tokens, vllm_guard
 from training.args import StageArguments
 from training.cli import run_stage
@@ -41,6 +42,8 @@ from training.common import (
     save_final,
     set_model_init_kwargs,
 )
+from training.dynamic_sampling import DynamicSamplingGRPOTrainer
+from training.freeze import freeze_vision_tower
 from training.grpo_checks import (
     check_reward_family,
     check_vllm_setup,
@@ -68,12 +71,47 @@ class GRPOScriptArguments(StageArguments):
             "help": "allow completion tables (prompts, images, reports) of credentialed data in the tracker"
         },
     )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={"help": "train only on groups whose rewards differ, refilling the step (DAPO)"},
+    )
+    dynamic_sampling_max_refills: int = field(
+        default=2, metadata={"help": "extra generation batches per step at most, with dynamic_sampling"}
+    )
+    freeze_vision_tower: bool = field(
+        default=False, metadata={"help": "vision encoder and merger frozen: not trained, no optimizer state"}
+    )
+    rl_selection: str | None = field(
+        default=None, metadata={"help": "selection.json of `make rl-select`: train on its prompts only"}
+    )
     vllm_guard: bool = field(
         default=True,
         metadata={
             "help": "feed vLLM the prompt TRL trains on and check every rollout (training/vllm_guard.py)"
         },
     )
+
+
+def prompts_of(script_args, split: str, max_samples, processor, family, training_args):
+    """The GRPO prompts of one split: checked records (images decoded, in the frame), long prompts dropped,
+    the rl_selection applied to the training split, and the columns the rewards read."""
+    data = script_args.dataset_name
+    records = load_checked_records(
+        data,
+        split,
+        tasks=script_args.tasks,
+        max_samples=max_samples,
+        skip_bad_rows=script_args.skip_bad_rows,
+        frame=processor_rule(processor.image_processor),  # every image decoded and in the frame
+        progress=not training_args.disable_tqdm,
+    )
+    records = filter_long_prompts(records, processor, script_args.max_prompt_tokens, data)
+    if script_args.rl_selection and split == script_args.dataset_train_split:
+        records = apply_selection(records, script_args.rl_selection, data, split)  # `make rl-select`
+    # The grounding reward checks cited boxes against every finding annotated on the image, from all
+    # of the split's records (a question's record holds only the asked finding's box).
+    all_records = load_checked_records(data, split, skip_bad_rows=True, quiet=True)
+    return grpo_dataset(records, data, image_boxes(all_records), family)
 
 
 def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig):
@@ -87,21 +125,14 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig, m
         script_args.max_pixels,
         require_frame=True,
     )
-    records = load_checked_records(
-        data,
-        script_args.dataset_train_split,
-        tasks=script_args.tasks,
-        max_samples=script_args.max_train_samples,
-        skip_bad_rows=script_args.skip_bad_rows,
-        frame=processor_rule(processor.image_processor),  # every image decoded and in the frame
-        progress=not training_args.disable_tqdm,
-    )
-    records = filter_long_prompts(records, processor, script_args.max_prompt_tokens, data)
-    # The grounding reward checks cited boxes against every finding annotated on the image, from all
-    # of the split's records (a question's record holds only the asked finding's box).
-    all_records = load_checked_records(data, script_args.dataset_train_split, skip_bad_rows=True, quiet=True)
-    train_ds = grpo_dataset(records, data, image_boxes(all_records), family)
-    keep_credentialed_text_out(train_ds, training_args, script_args)
+    split = script_args.dataset_train_split
+    train_ds = prompts_of(script_args, split, script_args.max_train_samples, processor, family, training_args)
+    eval_ds = None
+    if training_args.eval_strategy != "no":  # validation reward: the same rewards on held-out prompts
+        test_split, n = script_args.dataset_test_split, script_args.max_eval_samples
+        eval_ds = prompts_of(script_args, test_split, n, processor, family, training_args)
+    for ds in [d for d in (train_ds, eval_ds) if d is not None]:
+        keep_credentialed_text_out(ds, training_args, script_args)
 
     reward_funcs = resolve_rewards(script_args, training_args)
     check_reward_family(reward_funcs, family)
@@ -110,17 +141,22 @@ def build_trainer(script_args: GRPOScriptArguments, training_args: GRPOConfig, m
     check_vllm_setup(training_args, model_args)
 
     set_model_init_kwargs(training_args, model_args)
-    trainer = GRPOTrainer(
+    trainer = DynamicSamplingGRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_ds,
+        eval_dataset=eval_ds,
         processing_class=processor,
         # QLoRA: the trainer places the 4-bit model (TRL 1.16 has no get_kbit_device_map; bitsandbytes
         # loads onto the process's current CUDA device, which accelerate sets per rank)
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
+        dynamic_sampling=script_args.dynamic_sampling,
+        max_refills=script_args.dynamic_sampling_max_refills,
     )
+    if script_args.freeze_vision_tower:
+        freeze_vision_tower(trainer.model)
     log.info("never sampled: %s", " ".join(vision_tokens.ban_in_trainer(trainer)))
     guard = vllm_guard.install(trainer) if script_args.vllm_guard else None
     if guard is not None:

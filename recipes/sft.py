@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 @dataclass
 class SFTScriptArguments(StageArguments):
     reasoning: bool = field(default=False, metadata={"help": "cold start: train on reasoning completions"})
-    max_eval_samples: int | None = 64
     long_rows: str = field(
         default="drop",
         metadata={

@@ -158,15 +158,16 @@ def run_in_process(module: str, *args: str, check: bool = False) -> subprocess.C
 # idles. Measured with --durations, longest first.
 LONGEST_FIRST = (
     "test_launch_shapes.py::test_7b",
+    "test_vllm.py::test_server_mode",
     "test_vllm.py::test_eval_vllm_backend",
     "test_qwen3_pipeline.py::test_qwen3_trains",
-    "test_vllm.py::test_server_mode",
-    "test_vllm.py::test_check_vllm",
-    "test_vllm.py::test_weight_sync",
     "test_vllm.py::test_grpo_trains",
-    "test_grpo.py::test_two_process",
     "test_launch_shapes.py::test_stage1",
+    "test_grpo.py::test_two_process",
+    "test_vllm.py::test_weight_sync",
+    "test_vllm.py::test_check_vllm",
     "test_grpo.py::test_killed",
+    "test_rl_select.py::test_killed",
 )
 
 

@@ -4,7 +4,7 @@ Every accelerate config under recipes/accelerate/ is launched as the README laun
 processes; single_gpu.yaml with its one), on stage 1; the 7B GRPO shape - DeepSpeed ZeRO-3, two
 processes, a vLLM engine colocated in each, the 7B recipe's own settings - trains, writes its shards,
 and a second launch resumes from that checkpoint. What a CPU cannot do here: bf16, NCCL, and the
-server-mode weight push (CUDA only; tests/test_vllm.py runs server-mode generation).
+server-mode weight push (CUDA only; tests/test_vllm.py runs server-mode generation from two processes).
 """
 
 from __future__ import annotations
@@ -75,6 +75,13 @@ def test_stage1_launches_under_every_accelerate_config(config, tiny_dir, phantom
     assert "Traceback" not in log
 
 
+# The recipe's batch geometry scaled down by its own rule (whole groups per generation batch on any
+# process count; tests/test_recipes_config.py checks the 8-GPU numbers): 4 completions per micro-step,
+# 5 accumulated, 5 micro-steps per generation: 8 prompts x 5 per vLLM round instead of 128.
+SMALL_BATCHES = ("--gradient_accumulation_steps", "5", "--steps_per_generation", "5")
+OURS = ("--dynamic_sampling", "true", "--dynamic_sampling_max_refills", "1", "--freeze_vision_tower", "true")
+
+
 def test_7b_grpo_shape_zero3_two_processes_vllm_colocated_and_resumed(tiny128_dir, phantom_dir, tmp_path):
     """recipes/qwen2.5-vl-7b/grpo.yaml as it is (group 5, 4 x 20 accumulation, 80 steps per generation,
     beta, clip-higher, guard on) under zero3.yaml on two processes, each with its colocated vLLM; what
@@ -91,7 +98,7 @@ def test_7b_grpo_shape_zero3_two_processes_vllm_colocated_and_resumed(tiny128_di
             *("--dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--report_to", "none"),
             *("--vllm_gpu_memory_utilization", "0.1", "--max_completion_length", "32"),
             *("--max_steps", str(steps), "--save_steps", "1", "--logging_steps", "1"),
-            *("--disable_tqdm", "true"),
+            *("--disable_tqdm", "true", *SMALL_BATCHES, *OURS),
             launcher=accelerate(ROOT / "recipes" / "accelerate" / "zero3.yaml", 2),
             timeout=900,
         )
@@ -99,9 +106,15 @@ def test_7b_grpo_shape_zero3_two_processes_vllm_colocated_and_resumed(tiny128_di
     first = launch(1)
     log = first.stdout + first.stderr
     assert "rewards: paper_answer x 0.9, paper_format x 0.1, paper_coordinate x 1.0" in log
-    assert "rollout batches of 128 prompts per epoch" in log  # 4 x 80 x 2 processes / 5
-    assert len(logged(log)) == 1
+    assert "rollout batches of 8 prompts per epoch" in log  # 4 x 5 x 2 processes / 5
+    (row,) = logged(log)
     assert "vLLM on CPU: linear weights kept unpacked" in log
+    assert "vision tower frozen" in log
+    # dynamic sampling across both ranks: the untrained model's groups are flat, so a refill was drawn
+    # (vLLM rollouts of two rounds merged) and what stayed flat is masked out of the loss
+    assert float(row["dynamic_sampling/extra_prompts"]) > 0
+    kept, masked = float(row["dynamic_sampling/groups_kept"]), float(row["dynamic_sampling/masked_rows"])
+    assert kept * 5 + masked >= 40  # every row of the step trains on an informative group or is masked
     shards = sorted((out / "checkpoint-1" / "global_step1").glob("*optim_states.pt"))
     assert len(shards) == 2, shards  # ZeRO-3: each rank saved its part
     assert "Traceback" not in log

@@ -199,7 +199,9 @@ def test_grounded_and_server_recipes_differ_from_paper_only_where_they_should():
         == [GROUNDED_SET[n] for n in grounded["reward_funcs"]]
     )
     changed = {k for k in paper.keys() | grounded.keys() if paper.get(k) != grounded.get(k)}
-    assert changed == {"reward_mode", "reward_funcs", "reward_weights", "output_dir", "run_name"}
+    ours = {"dynamic_sampling", "dynamic_sampling_max_refills"}  # off in the paper's recipe: faithful
+    assert changed == {"reward_mode", "reward_funcs", "reward_weights", "output_dir", "run_name"} | ours
+    assert paper["dynamic_sampling"] is False and grounded["dynamic_sampling"] is True
 
     server = load(SEVEN_B / "grpo-server.yaml")
     assert server["vllm_mode"] == "server" and server["vllm_server_port"] == 8000

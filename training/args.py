@@ -25,6 +25,9 @@ class StageArguments(ScriptArguments):
     )
     tasks: list[str] | None = field(default=None, metadata={"help": "keep only these tasks (default all)"})
     max_train_samples: int | None = None
+    max_eval_samples: int | None = field(
+        default=64, metadata={"help": "records of dataset_test_split evaluated (with eval_strategy)"}
+    )
     min_pixels: int | None = field(default=None, metadata={"help": "default: the dataset's frame.json"})
     max_pixels: int | None = field(default=None, metadata={"help": "default: the dataset's frame.json"})
     skip_bad_rows: bool = False

@@ -148,7 +148,7 @@ def last_checkpoint(output_dir: str, resume: bool) -> str | None:
 
 
 def save_final(trainer, processor, output_dir: str, model_args, merge_lora: bool = True) -> None:
-    """Save model + processor. A LoRA/QLoRA run keeps its adapter in output_dir/adapter and,
+    """Save model + processor (+ trainer_state.json). A LoRA/QLoRA run keeps its adapter in output_dir/adapter and,
     by default, writes the merged full model to output_dir so the next stage can load it."""
     if not trainer.accelerator.is_main_process:
         trainer.save_model(output_dir)  # collective under ZeRO-3: every rank must enter it
@@ -161,6 +161,7 @@ def save_final(trainer, processor, output_dir: str, model_args, merge_lora: bool
     else:
         trainer.save_model(output_dir)
     processor.save_pretrained(output_dir)
+    trainer.save_state()  # trainer_state.json: the run's log history, also when no checkpoint was saved
     log.info("saved model and processor to %s", output_dir)
 
 
