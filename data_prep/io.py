@@ -57,6 +57,16 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     return len(lines)
 
 
+def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    """Append rows as JSON lines and fsync: a job killed mid-write loses at most this batch, and a
+    reader that drops a torn last line (the resume logs here do) sees every row written before."""
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def iter_jsonl(path: str | Path, broken: list | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object). A line that is not valid UTF-8 or not valid JSON (e.g. a writer
     killed mid-line) raises naming the file and line, or, given a ``broken`` list, is appended to it as

@@ -57,7 +57,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -66,7 +65,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_prep.errors import OpenMedixError, setup_logging, user_errors
-from data_prep.io import RECORDS, atomic_write_text
+from data_prep.io import RECORDS, append_jsonl, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -574,15 +573,6 @@ def load_scores(path: Path) -> dict[str, dict]:
     return rows
 
 
-def append_rows(path: Path, rows: list[dict]) -> None:
-    """Append and fsync: a kill loses at most the batch being written."""
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def records_digest(dataset_dir: str | Path) -> str:
     """sha256 of the dataset's records.jsonl: a selection belongs to these records, not to a path."""
     h = hashlib.sha256()
@@ -678,7 +668,7 @@ def score_missing(opts: SelectOptions, prompts: Prompts, targets: list[dict], do
                 terms = score_completions(row, texts, ids, prompts.reward_funcs)
                 scores = group_scores(terms, prompts.reward_weights, prompts.answer_term, opts.pass_threshold)
                 new.append({"id": rec["id"], "task": rec["task"], **scores, "terms": terms})
-            append_rows(path, new)
+            append_jsonl(path, new)
             done.update((r["id"], r) for r in new)
             bar.update(len(new))
     return missing

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from data_prep.errors import OpenMedixError, setup_logging, user_errors
 from data_prep.families import FAMILIES, check_family, get_family
-from data_prep.io import atomic_write_text, read_records, write_jsonl
+from data_prep.io import append_jsonl, atomic_write_text, read_records, write_jsonl
 from data_prep.schema import record_images
 from data_prep.trl_dataset import image_boxes
 from evaluation import stats as S
@@ -49,7 +49,6 @@ from evaluation.runs import (  # noqa: F401  (re-exported: callers read run.PRED
     RESULTS,
     RUN_CONFIG,
     RunError,
-    append_predictions,
     load_predictions,
 )
 
@@ -188,7 +187,7 @@ def _generate_missing(
             for i in range(0, len(todo), opts.batch_size):
                 batch = todo[i : i + opts.batch_size]
                 completions = generator.generate(batch, opts.reasoning)
-                append_predictions(
+                append_jsonl(
                     pred_path, [{"id": r["id"], "completion": c} for r, c in zip(batch, completions)]
                 )
                 bar.update(len(batch))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from data_prep.errors import OpenMedixError
@@ -64,15 +63,6 @@ def load_predictions(path: str | Path, repair: bool = False) -> dict[str, str]:
                 broken,
             )
     return preds
-
-
-def append_predictions(path: Path, rows: list[dict]) -> None:
-    """Append and fsync: a kill loses at most the batch being written."""
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def parse_runs(items: list[str]) -> dict[str, str]:

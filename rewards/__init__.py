@@ -41,7 +41,7 @@ throughput.
 Modules: ``parsing`` (think block, boxed answers, boxes, answer normalisation, format checks),
 ``similarity`` (nltk-exact BLEU, rouge_score-exact ROUGE-1, bit-parallel ROUGE-L), ``boxes`` (frame
 validity, IoU, near-duplicates, Hungarian matching, set F1), ``paper``, ``grounded``, ``stats``,
-``inputs`` (what TRL passes), ``registry``. The evaluation (``evaluation.metrics``) uses the same
+``report_labels`` (rule-based CheXpert labels of report text and their agreement), ``inputs`` (what TRL passes), ``registry``. The evaluation (``evaluation.metrics``) uses the same
 ``boxes`` and ``parsing``; where it reads differently on purpose, both variants sit side by side there.
 
 Adding a reward (a short recipe):

@@ -9,11 +9,11 @@ import threading
 import time
 from pathlib import Path
 
-from data_prep.io import read_records
+from data_prep.io import append_jsonl, read_records
 from data_prep.phantom import generate
 from evaluation.review import db
 from evaluation.review.study import create_study
-from evaluation.runs import PREDICTIONS, RUN_CONFIG, append_predictions
+from evaluation.runs import PREDICTIONS, RUN_CONFIG
 
 SIZE = 112
 RUNS = ("alpharun", "betarun")  # names that no completion, question or path contains
@@ -57,7 +57,7 @@ def write_run(folder: Path, data: Path, split: str, completions: dict[str, str],
         "decoding": "greedy",
     }
     (folder / RUN_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    append_predictions(folder / PREDICTIONS, [{"id": i, "completion": c} for i, c in completions.items()])
+    append_jsonl(folder / PREDICTIONS, [{"id": i, "completion": c} for i, c in completions.items()])
     return folder
 
 
