@@ -34,6 +34,11 @@ Grounded mode (``rewards.grounded``) - what our recipes train with
     ones cost, spam scores -1. ``grounding`` [0, 1] or None: soft F1 of IoU (Hungarian
     matching) between cited and ground-truth boxes, None where the sample has none.
 
+Clinical (``rewards.clinical``) - in no set; a recipe opts in by naming it
+    ``report_labels`` [0, 1] or None: on report tasks, the F1 of the CheXpert observations that the
+    boxed report and the reference state as positive (``report_labels.label_agreement``, uncertain
+    counted as positive); no single boxed answer -> 0; None on every other task.
+
 Beside the rewards, ``coordinate``/``paper_coordinate`` log box and think statistics through
 TRL's ``log_metric`` keyword (``rewards.stats``). ``python -m benchmarks.rewards`` measures
 throughput.
@@ -41,7 +46,8 @@ throughput.
 Modules: ``parsing`` (think block, boxed answers, boxes, answer normalisation, format checks),
 ``similarity`` (nltk-exact BLEU, rouge_score-exact ROUGE-1, bit-parallel ROUGE-L), ``boxes`` (frame
 validity, IoU, near-duplicates, Hungarian matching, set F1), ``paper``, ``grounded``, ``stats``,
-``report_labels`` (rule-based CheXpert labels of report text and their agreement), ``inputs`` (what TRL passes), ``registry``. The evaluation (``evaluation.metrics``) uses the same
+``report_labels`` (rule-based CheXpert labels of report text and their agreement), ``clinical``,
+``inputs`` (what TRL passes), ``registry``. The evaluation (``evaluation.metrics``) uses the same
 ``boxes`` and ``parsing``; where it reads differently on purpose, both variants sit side by side there.
 
 Adding a reward (a short recipe):

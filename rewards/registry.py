@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rewards import grounded, paper
+from rewards import clinical, grounded, paper
 
 REWARD_FUNCS: dict[str, Callable] = {}
 
@@ -36,6 +36,7 @@ for _f in (
     grounded.format,
     grounded.coordinate,
     grounded.grounding,
+    clinical.report_labels,  # in no set: a recipe opts in by naming it
 ):
     register(_f)
 

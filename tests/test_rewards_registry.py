@@ -19,7 +19,16 @@ from rewards import (
 )
 from rewards.stats import completion_stats
 
-ALL = ["paper_answer", "paper_format", "paper_coordinate", "answer", "format", "coordinate", "grounding"]
+ALL = [
+    "paper_answer",
+    "paper_format",
+    "paper_coordinate",
+    "answer",
+    "format",
+    "coordinate",
+    "grounding",
+    "report_labels",
+]
 TEXT = "<think> The heart is enlarged [40, 60, 200, 220] and [600, 0, 700, 50]. </think>. The answer is: \\boxed{yes}"
 COLUMNS = {
     "solution": ["yes"],
@@ -150,7 +159,7 @@ def test_bench_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench_main(["--n", "160", "--repeat", "1", "--no_pin", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["rewards"]) == set(ALL)
+    assert set(result["rewards"]) == {*PAPER_SET, *GROUNDED_SET}  # the benchmark times the default sets
     assert set(result["sets"]) == {"paper", "grounded"}
     assert result["sets"]["paper"]["per_s"] > 0
     assert "set: grounded" in capsys.readouterr().out
