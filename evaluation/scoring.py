@@ -37,6 +37,10 @@ HEADLINE = [
     ("report/chexbert_macro_f1_14", "Report CheXbert macro-F1 (14)"),
     ("report/chexbert_micro_f1_5", "Report CheXbert micro-F1 (5)"),
     ("report/chexbert_macro_f1_5", "Report CheXbert macro-F1 (5)"),
+    ("report/labels_micro_f1_14", "Report label micro-F1 (14, rule-based)"),
+    ("report/labels_macro_f1_14", "Report label macro-F1 (14, rule-based)"),
+    ("report/labels_micro_f1_5", "Report label micro-F1 (5, rule-based)"),
+    ("report/labels_macro_f1_5", "Report label macro-F1 (5, rule-based)"),
     ("vqa/accuracy", "VQA accuracy"),
     ("vqa/closed", "VQA closed (exact match)"),
     ("vqa/open", "VQA open (token F1)"),
@@ -247,6 +251,7 @@ def _score_reports(task: TaskData, idx: np.ndarray, stats: dict) -> dict:
         )
         by_task[name] = sub
     summary["by_task"] = by_task
+    _label_statistics(refs, list(answers), idx, stats)
     if task.model_metrics:
         from evaluation.model_metrics import clinical_metrics
 
@@ -270,6 +275,27 @@ def _score_reports(task: TaskData, idx: np.ndarray, stats: dict) -> dict:
     for i, score in zip(idx, per.get("rouge_l", np.zeros(len(recs)))):
         task.per_sample[i].update(score=float(score), score_name="rouge_l")
     return summary
+
+
+def _label_statistics(refs: list[str], answers: list[str], idx: np.ndarray, stats: dict) -> None:
+    """F1 of the positive CheXpert labels of the rule-based labeler (rewards.report_labels; uncertain
+    counted positive), no model needed: micro and macro over the 14 and the 5 observations, from
+    per-record [tp, fp, fn per observation, 0] rows, so studies are resampled as for every metric.
+    Macro averages the observations with a reference positive in the (re)sample, as classification's."""
+    from rewards.report_labels import CHEXBERT_5, CHEXPERT_OBSERVATIONS, label_reports, positive_labels
+
+    hyp, ref = label_reports(answers), label_reports(refs)
+    for name, group in (("14", CHEXPERT_OBSERVATIONS), ("5", CHEXBERT_5)):
+        rows = []
+        for h, r in zip(hyp, ref):
+            hp, rp = positive_labels(h, observations=group), positive_labels(r, observations=group)
+            tp = [o in hp and o in rp for o in group]
+            fp = [o in hp and o not in rp for o in group]
+            fn = [o in rp and o not in hp for o in group]
+            rows.append([*tp, *fp, *fn, 0])
+        rows = np.asarray(rows, dtype=float).reshape(len(hyp), 3 * len(group) + 1)
+        stats[f"report/labels_micro_f1_{name}"] = S.Statistic(rows, idx, "micro_f1")
+        stats[f"report/labels_macro_f1_{name}"] = S.Statistic(rows, idx, "macro_f1")
 
 
 def _score_reasoning(task: TaskData, texts: list[str], stats: dict, boxes_of_image: dict | None) -> dict:

@@ -290,6 +290,9 @@ def test_score_run_good_predictions():
     h = results["headline"]
     assert h["report/rouge_l"]["value"] == pytest.approx(1.0)
     assert h["report/bleu4"]["value"] == pytest.approx(1.0)
+    # the rule-based labels of the reports: the effusion of r2 found, nothing invented in r1
+    assert h["report/labels_micro_f1_14"]["value"] == pytest.approx(1.0)
+    assert h["report/labels_macro_f1_5"]["value"] == pytest.approx(1.0)
     for key in (
         "vqa/accuracy",
         "classification/micro_f1",
@@ -328,6 +331,7 @@ def test_score_run_empty_and_missing_predictions():
     ):
         assert h[key]["value"] == pytest.approx(0.0, abs=1e-6), key
     assert "reasoning/valid_box_rate" not in h  # no boxes cited at all: undefined, not 0
+    assert h["report/labels_micro_f1_14"]["value"] == 0.0  # the reference's effusion missed
     assert results["reasoning"]["valid_box_rate"] is None
     assert all(p["answer"] == "" for p in per)
 
