@@ -1,4 +1,4 @@
-"""`make sampling-study`: does GRPO spend its compute better with dynamic sampling or pre-selection?
+"""`make sampling-study`: does GRPO spend its compute better with dynamic sampling, pre-selection or GDPO?
 
     python -m demo.sampling_study [--coldstart outputs/demo/coldstart] [--seeds 0 1 2]
         [--rewards paper grounded] [--arms plain dynamic preselect] [--out outputs/sampling-study]
@@ -10,6 +10,8 @@ set (the paper's, the grounded one), arm and seed:
   dynamic    dynamic_sampling: true (flat groups dropped, the step refilled; training/dynamic_sampling.py)
   preselect  rl_selection: the prompts `evaluation.rl_select` kept (k = the group size, sampled with
              the cold start, scored with the same reward), made once per reward set
+  gdpo       multi_objective_aggregation: normalize_then_sum (each reward term normalised in its group
+             before the weighted sum)
 
 Every run evaluates on held-out validation prompts during training (TRL's own GRPO evaluation, the
 run's reward, sampled as in training, at the start and every --eval_steps), and logs the share of
@@ -42,7 +44,7 @@ from data_prep.io import atomic_write_text
 from demo.seeds import run_logged
 from rewards import REWARD_SETS
 
-ARMS = ("plain", "dynamic", "preselect")
+ARMS = ("plain", "dynamic", "preselect", "gdpo")
 RECIPE = Path("recipes/demo/grpo.yaml")
 
 
@@ -90,6 +92,8 @@ def train(run: Path, recipe: Path, arm: str, seed: int, coldstart: Path, data: P
         cmd += ["--dynamic_sampling", "true"]
     if arm == "preselect":
         cmd += ["--rl_selection", str(opts.selections[recipe.stem])]
+    if arm == "gdpo":
+        cmd += ["--multi_objective_aggregation", "normalize_then_sum"]
     run_logged(cmd, run.parent / f"{run.name}.log", "GRPO run")
     print(f"[{run.name}] trained", flush=True)
     return run
@@ -152,7 +156,7 @@ def plot(runs: dict[str, Path], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"plain": "C0", "dynamic": "C3", "preselect": "C2"}
+    colors = {"plain": "C0", "dynamic": "C3", "preselect": "C2", "gdpo": "C1"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
     fig2, ax2 = plt.subplots(figsize=(7, 4))
     for name, run in runs.items():
