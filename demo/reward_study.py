@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", default="outputs/reward-study")
     args = ap.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # two jobs side by side, one thread each (as `make` sets)
 
     coldstart, data, out = Path(args.coldstart), Path(args.data), Path(args.out)
     if not (coldstart / "model.safetensors").exists():

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -246,6 +247,7 @@ def main(argv=None) -> None:
     from demo.seeds import evaluate
 
     opts = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # two jobs side by side, one thread each (as `make` sets)
     coldstart, data, out = Path(opts.coldstart), Path(opts.data), Path(opts.out)
     if not (coldstart / "model.safetensors").exists():
         raise StudyError(
