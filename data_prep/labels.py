@@ -25,23 +25,10 @@ from data_prep.io import Ledger
 from data_prep.schema import LIST_SEP
 from rewards.boxes import components, iou
 from rewards.parsing import format_box
+from rewards.report_labels import CHEXPERT_OBSERVATIONS
 
-CHEXPERT_LABELS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
+# The 14 CheXpert observations, in the label files' column order (one list with the report labeler).
+CHEXPERT_LABELS = CHEXPERT_OBSERVATIONS
 NO_FINDING = "No Finding"
 
 FINDINGS_QUESTIONS = (

@@ -7,7 +7,7 @@ fast (one precompiled regex pass per report; no model, no I/O).
 
 ``label_report(text) -> {observation: 1 | 0 | -1 | None}``
     1 positive, 0 negative, -1 uncertain, None not mentioned, for the 14 ``CHEXPERT_OBSERVATIONS``
-    (the order of ``data_prep.labels.CHEXPERT_LABELS``, checked by a test).
+    (also ``data_prep.labels.CHEXPERT_LABELS``: the order of the CheXpert label files' columns).
 
 How a report is read
     1. Lowercase, whitespace collapsed; a blank line ends a sentence, a single line break does not

@@ -101,8 +101,10 @@ CASES = [
 ]
 
 
-def test_observations_are_data_preps_chexpert_labels():
-    assert CHEXPERT_OBSERVATIONS == CHEXPERT_LABELS
+def test_observations_are_the_label_files_columns_and_data_preps_list():
+    # MIMIC-CXR's chexpert.csv and CheXpert's train.csv write the 14 in alphabetical order
+    assert len(CHEXPERT_OBSERVATIONS) == 14 and list(CHEXPERT_OBSERVATIONS) == sorted(CHEXPERT_OBSERVATIONS)
+    assert CHEXPERT_LABELS is CHEXPERT_OBSERVATIONS  # one list: the converters and the labeler
     assert set(CHEXBERT_5) <= set(CHEXPERT_OBSERVATIONS) and len(CHEXBERT_5) == 5
 
 
