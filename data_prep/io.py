@@ -91,6 +91,26 @@ def iter_jsonl(path: str | Path, broken: list | None = None) -> Iterator[tuple[i
             broken.append((lineno, reason))
 
 
+def read_resume_log(path: str | Path, valid=lambda row: True, repair: bool = False) -> list[dict]:
+    """The rows of an append-only JSONL log (``append_jsonl``) that a resumed job continues. A line that
+    does not parse or fails ``valid`` (a write killed mid-line) is dropped, and its work is redone; with
+    ``repair`` the file is rewritten without it, so the next append starts on a line of its own."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    broken: list = []
+    rows = [row for _, row in iter_jsonl(path, broken)]
+    good = [row for row in rows if isinstance(row, dict) and valid(row)]
+    dropped = len(broken) + len(rows) - len(good)
+    if repair and (dropped or not path.read_bytes().endswith(b"\n")):
+        write_jsonl(path, good)
+    if dropped:
+        log.warning(
+            "%s: dropped %d broken line(s) (an interrupted write); their work is redone", path, dropped
+        )
+    return good
+
+
 def read_records(path: str | Path, split: str | None = None, validate: bool = True) -> list[dict]:
     """Records of a dataset folder (or a .jsonl file), optionally one split, validated."""
     path = Path(path)

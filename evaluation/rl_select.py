@@ -65,7 +65,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_prep.errors import OpenMedixError, setup_logging, user_errors
-from data_prep.io import RECORDS, append_jsonl, atomic_write_text
+from data_prep.io import RECORDS, append_jsonl, atomic_write_text, read_resume_log
 
 log = logging.getLogger(__name__)
 
@@ -539,38 +539,14 @@ def _sample_vllm(gen, opts: SelectOptions, rows: list[dict], ids: list[str]) -> 
 def load_scores(path: Path) -> dict[str, dict]:
     """{id: row} of scores.jsonl; a torn line (a kill mid-write) is dropped from the file and its prompt
     scored again. The first row of an id wins (nothing is scored twice)."""
-    if not path.exists():
-        return {}
-    rows, good, broken = {}, [], 0
-    raw = path.read_bytes()
-    for line in raw.decode("utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            ok = (
-                isinstance(row, dict)
-                and isinstance(row.get("id"), str)
-                and "rewards" in row
-                and "spread" in row
-            )
-        except json.JSONDecodeError:
-            ok = False
-        if not ok:
-            broken += 1
-            continue
-        if row["id"] not in rows:
-            rows[row["id"]] = row
-            good.append(line + "\n")
-    if broken or (raw and not raw.endswith(b"\n")):  # appends must start on a line of their own
-        atomic_write_text(path, "".join(good))
-    if broken:
-        log.warning(
-            "%s: dropped %d broken line(s) (an interrupted write); their prompts are scored again",
-            path,
-            broken,
-        )
+    rows: dict[str, dict] = {}
+    for row in read_resume_log(path, _is_score_row, repair=True):
+        rows.setdefault(row["id"], row)
     return rows
+
+
+def _is_score_row(row: dict) -> bool:
+    return isinstance(row.get("id"), str) and "rewards" in row and "spread" in row
 
 
 def records_digest(dataset_dir: str | Path) -> str:

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from data_prep.errors import OpenMedixError
-from data_prep.io import atomic_write_text
+from data_prep.io import read_resume_log
 
 log = logging.getLogger(__name__)
 
@@ -34,35 +34,10 @@ class RunNotFoundError(OpenMedixError, FileNotFoundError):
 
 
 def load_predictions(path: str | Path, repair: bool = False) -> dict[str, str]:
-    """{id: completion} from a predictions file; a torn last line (killed mid-write) is dropped.
-
-    With ``repair`` the file is rewritten without the broken line, so that appending continues
-    on a clean line boundary.
-    """
-    path = Path(path)
-    if not path.exists():
-        return {}
-    preds: dict[str, str] = {}
-    good_lines, broken = [], 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                preds[str(row["id"])] = row["completion"]
-                good_lines.append(line if line.endswith("\n") else line + "\n")
-            except (json.JSONDecodeError, KeyError, TypeError):
-                broken += 1
-    if repair and (broken or (good_lines and not path.read_text(encoding="utf-8").endswith("\n"))):
-        atomic_write_text(path, "".join(good_lines))
-        if broken:
-            log.warning(
-                "%s: dropped %d broken line(s) (an interrupted write); they will be generated again",
-                path,
-                broken,
-            )
-    return preds
+    """{id: completion} from a predictions file; a torn last line (killed mid-write) is dropped, and
+    with ``repair`` removed from the file so that appending continues on a clean line."""
+    rows = read_resume_log(path, lambda r: "id" in r and isinstance(r.get("completion"), str), repair)
+    return {str(r["id"]): r["completion"] for r in rows}
 
 
 def parse_runs(items: list[str]) -> dict[str, str]:
