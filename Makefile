@@ -29,7 +29,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-gpu test test-fast lint format demo demo-seeds reward-study sampling-study tiny-model phantom sft coldstart-data coldstart grpo rl-select \
-	vllm-serve check-vllm eval compare review review-analyse bench bench-sft bench-rewards bench-grpo bench-vllm bench-data clean
+	reward-server vllm-serve check-vllm eval compare review review-analyse bench bench-sft bench-rewards bench-grpo bench-vllm bench-data clean
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -126,6 +126,11 @@ RL_SELECT_OUT ?= $(OUT)/$(SCALE)/rl-select
 rl-select: $(VENV_STAMP) ## before GRPO: k samples per RL prompt, keep those whose rewards differ -> RL_SELECT_OUT
 	$(PY) -m evaluation.rl_select --recipe recipes/$(SCALE)/$(GRPO_RECIPE).yaml --out $(RL_SELECT_OUT) \
 		$(if $(RL_SELECT_MODEL),--model_name_or_path $(RL_SELECT_MODEL)) $(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
+
+REWARD_HOST ?= 127.0.0.1
+REWARD_PORT ?= 8765
+reward-server: $(VENV_STAMP) ## serve clinical report rewards to GRPO (recipe: reward_server, served_rewards)
+	$(PY) -m rewards.server --host $(REWARD_HOST) --port $(REWARD_PORT) $(ARGS)
 
 VLLM_MODEL ?= outputs/qwen2.5-vl-7b/coldstart
 # The dataset whose frame.json sets the server's min/max pixels (empty: the paper's 3136 / 262144).

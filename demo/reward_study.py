@@ -1,22 +1,33 @@
-"""`make reward-study`: the paper's reward vs the grounded reward, from the same cold start.
+"""`make reward-study`: the paper's reward vs the grounded reward vs a clinical report reward, one cold start.
 
     python -m demo.reward_study [--coldstart outputs/demo/coldstart] [--seeds 0 1 2] [--out outputs/reward-study]
 
 The released DeepMedix-R1 coordinate term pays +0.05 per box in the think block wherever the box
 points (rewards/paper.py); the grounded reward pays boxes only for being valid in the frame and
 for matching the true findings (rewards/grounded.py). Does RL with the paper's reward learn to cite
-more boxes without citing better ones? From one cold-start checkpoint this runs the demo's GRPO
-recipe (recipes/demo/grpo.yaml as it is) once per reward and seed, evaluates every checkpoint (and
-the cold start) on the same validation records, and writes into --out:
+more boxes without citing better ones? And the demo's GRPO trains on short answers only, which
+costs the reports' label F1 (docs/results.md): does a clinical report reward on report prompts win it
+back? From one cold-start checkpoint this runs the demo's GRPO recipe once per arm and seed:
+
+  paper     the paper's reward (rewards/paper.py), the recipe's tasks
+  grounded  recipes/demo/grpo.yaml as it is (grounded reward, VQA/classification/grounding)
+  reports   the grounded reward, with the report tasks added (the answer term scores reports by
+            BLEU-4 + ROUGE-L): the control for the arm below
+  clinical  as `reports`, plus the `report_labels` reward (CheXpert label F1 of the boxed report,
+            rewards/clinical.py), weight 1.0
+
+It evaluates every checkpoint (and the cold start) on the same validation records and writes into --out:
 
   study.md / study.json   per run: boxes per completion, valid-box rate, cited-box IoU, grounding
-                          mIoU, closed VQA, format, grounded reward (value [95% CI, studies
-                          resampled]), the mean over seeds per reward, and per seed the paired
-                          difference grounded - paper on the same records (evaluation.compare)
+                          mIoU, closed VQA, format, grounded reward, report label F1 and ROUGE-L
+                          (value [95% CI, studies resampled]), the mean over seeds per arm, and per
+                          seed the paired differences grounded - paper, clinical - grounded and
+                          clinical - reports on the same records (evaluation.compare)
   boxes_per_step.png      boxes cited per completion over the GRPO steps, one line per run
 
-Finished runs and evaluations are skipped on a rerun. CPU: the two runs of a seed train side by side,
-one thread each, then are evaluated side by side; about 7 minutes per seed on 2 cores.
+Finished runs and evaluations are skipped on a rerun (``--arms`` picks arms). CPU: the runs of a seed
+train side by side, one thread each, then are evaluated side by side; about 7 minutes per seed and
+pair of arms on 2 cores.
 """
 
 from __future__ import annotations
@@ -46,20 +57,51 @@ METRICS = {
     "vqa/closed": "closed VQA",
     "reasoning/format_rate": "format",
     "reward/grounded": "grounded reward",
+    "report/labels_macro_f1_14": "report label macro-F1 (14)",
+    "report/labels_micro_f1_14": "report label micro-F1 (14)",
+    "report/rouge_l": "report ROUGE-L",
 }
+REPORT_TASKS = ["report_findings", "report_impression"]
+DEMO_TASKS = ["vqa", "classification", "grounding"]  # recipes/demo/grpo.yaml
+CLINICAL_WEIGHT = 1.0  # report_labels beside answer (1.0): label agreement counts as much as wording
+# Per arm: (reward mode, reward funcs and weights or None for the recipe's, tasks or None for the recipe's)
+ARMS = {
+    "paper": ("paper", dict(REWARD_SETS["paper"]), None),
+    "grounded": ("grounded", None, None),
+    "reports": ("grounded", None, DEMO_TASKS + REPORT_TASKS),
+    "clinical": ("grounded", None, DEMO_TASKS + REPORT_TASKS),
+}
+# Paired differences reported per seed: (run, baseline)
+PAIRS = [("grounded", "paper"), ("clinical", "grounded"), ("clinical", "reports")]
 
 
-def train(mode: str, seed: int, coldstart: Path, data: Path, out: Path, steps: int | None) -> None:
-    """recipes.grpo with the demo recipe and one reward set, unless the run finished before."""
+def arm_args(arm: str) -> list[str]:
+    """The recipes.grpo overrides of an arm (the demo recipe's own grounded weights where it keeps them)."""
+    mode, rewards, tasks = ARMS[arm]
+    if arm == "clinical":
+        rewards = {**demo_recipe_rewards(), "report_labels": CLINICAL_WEIGHT}
+    cmd = []
+    if rewards:
+        cmd += ["--reward_mode", mode, "--reward_funcs", *rewards]
+        cmd += ["--reward_weights", *(str(w) for w in rewards.values())]
+    return cmd + (["--tasks", *tasks] if tasks else [])
+
+
+def demo_recipe_rewards() -> dict[str, float]:
+    import yaml
+
+    recipe = yaml.safe_load(Path("recipes/demo/grpo.yaml").read_text())
+    return dict(zip(recipe["reward_funcs"], recipe["reward_weights"]))
+
+
+def train(arm: str, seed: int, coldstart: Path, data: Path, out: Path, steps: int | None) -> None:
+    """recipes.grpo with the demo recipe and one arm's rewards and tasks, unless the run finished before."""
     if (out / "model.safetensors").exists():
         print(f"[{out.name}] already trained - skipping")
         return
     cmd = [sys.executable, "-m", "recipes.grpo", "--config", "recipes/demo/grpo.yaml"]
     cmd += ["--model_name_or_path", str(coldstart), "--dataset_name", str(data), "--output_dir", str(out)]
-    if mode != "grounded":  # the grounded arm is the demo's GRPO recipe as it is (its own weights)
-        names = list(REWARD_SETS[mode])
-        cmd += ["--reward_mode", mode, "--reward_funcs", *names]
-        cmd += ["--reward_weights", *(str(REWARD_SETS[mode][n]) for n in names)]
+    cmd += arm_args(arm)
     cmd += ["--seed", str(seed), "--report_to", "none", *(["--max_steps", str(steps)] if steps else [])]
     run_logged(cmd, out.parent / f"{out.name}.log", "GRPO run")
     print(f"[{out.name}] trained", flush=True)
@@ -74,7 +116,7 @@ def plot_boxes(runs: dict[str, Path], png: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, folder in runs.items():
         h = [x for x in grpo_history(folder) if "boxes/per_completion" in x]
-        color = "C3" if name.startswith("paper") else "C0"
+        color = {"paper": "C3", "grounded": "C0", "reports": "C2", "clinical": "C1"}[name.split("-seed")[0]]
         ax.plot(
             [x["step"] for x in h], [x["boxes/per_completion"] for x in h], color=color, alpha=0.8, label=name
         )
@@ -88,32 +130,55 @@ def plot_boxes(runs: dict[str, Path], png: Path) -> None:
     plt.close(fig)
 
 
-def paired_table(evals: Path, seeds: list[int], n_boot: int) -> str:
-    """Per seed: grounded-reward run minus paper-reward run, paired on the same records."""
-    lines = ["| seed | " + " | ".join(METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]
-    for seed in seeds:
-        a, b = evals / f"grounded-seed{seed}", evals / f"paper-seed{seed}"
-        diffs = paired(
-            (load_results(a), *load_rows(a)), (load_results(b), *load_rows(b)), n_resamples=n_boot, seed=0
-        )
-        lines.append(f"| {seed} | " + " | ".join(diff_cell(diffs.get(k)) for k in METRICS) + " |")
+def paired_table(evals: Path, arms: list[str], seeds: list[int], n_boot: int) -> str:
+    """Per pair of arms and seed: one run minus the other, paired on the same records."""
+    lines = ["| run - baseline | seed | " + " | ".join(METRICS.values()) + " |"]
+    lines.append("|---|---|" + "---|" * len(METRICS))
+    for run, base in [p for p in PAIRS if set(p) <= set(arms)]:
+        for seed in seeds:
+            a, b = evals / f"{run}-seed{seed}", evals / f"{base}-seed{seed}"
+            diffs = paired(
+                (load_results(a), *load_rows(a)), (load_results(b), *load_rows(b)), n_resamples=n_boot, seed=0
+            )
+            cells = " | ".join(diff_cell(diffs.get(k)) for k in METRICS)
+            lines.append(f"| {run} - {base} | {seed} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
-def table(results: dict[str, dict]) -> str:
+def table(results: dict[str, dict], arms: list[str]) -> str:
     lines = ["| run | " + " | ".join(METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]
     for name, h in results.items():
         lines.append(f"| {name} | " + " | ".join(cell(h.get(k)) for k in METRICS) + " |")
     lines += ["", "Mean over seeds (min, max):", ""]
-    lines += ["| reward | " + " | ".join(METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]
-    for mode in REWARD_SETS:
-        runs = [h for name, h in results.items() if name.startswith(f"{mode}-")]
+    lines += ["| arm | " + " | ".join(METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]
+    for arm in arms:
+        runs = [h for name, h in results.items() if name.startswith(f"{arm}-")]
         cells = []
         for k in METRICS:
             v = [h[k]["value"] for h in runs if h.get(k) and h[k].get("value") is not None]
             cells.append(f"{np.mean(v):.3f} ({min(v):.3f}, {max(v):.3f})" if v else "-")
-        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def train_and_evaluate(
+    pair: dict[str, Path], seed: int, coldstart: Path, data: Path, out: Path, args
+) -> dict:
+    """Train the runs of ``pair`` side by side, then evaluate them side by side; their headlines."""
+    with ThreadPoolExecutor(len(pair)) as pool:
+        trained = [
+            pool.submit(train, name.split("-seed")[0], seed, coldstart, data, folder, args.steps)
+            for name, folder in pair.items()
+        ]
+        for f in trained:
+            f.result()
+        scored = {
+            name: pool.submit(
+                evaluate, folder, data, "validation", args.val_sample, out / "eval" / name, args.bootstrap
+            )
+            for name, folder in pair.items()
+        }
+        return {name: f.result() for name, f in scored.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--data", default="outputs/phantom")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="default: all four")
     ap.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the recipe's max_steps)")
     ap.add_argument(
         "--val_sample", type=int, default=None, help="validation records, spanning its studies (default: all)"
@@ -137,38 +203,26 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             f"{coldstart}: no cold-start checkpoint; run `make demo` (or --stop_after coldstart) first"
         )
-    runs = {f"{mode}-seed{seed}": out / f"{mode}-seed{seed}" for mode in REWARD_SETS for seed in args.seeds}
+    runs = {f"{arm}-seed{seed}": out / f"{arm}-seed{seed}" for arm in args.arms for seed in args.seeds}
     results = {
         "coldstart": evaluate(
             coldstart, data, "validation", args.val_sample, out / "eval" / "coldstart", args.bootstrap
         )
     }
-    # Per seed, the two rewards' runs train side by side (one thread each, the two cores), then
+    # Per seed, two arms' runs at a time train side by side (one thread each, the two cores), then
     # their checkpoints are evaluated side by side.
     for seed in args.seeds:
-        pair = {name: folder for name, folder in runs.items() if name.endswith(f"-seed{seed}")}
-        with ThreadPoolExecutor(len(pair)) as pool:
-            trained = [
-                pool.submit(train, name.split("-seed")[0], seed, coldstart, data, folder, args.steps)
-                for name, folder in pair.items()
-            ]
-            for f in trained:
-                f.result()
-            scored = {
-                name: pool.submit(
-                    evaluate, folder, data, "validation", args.val_sample, out / "eval" / name, args.bootstrap
-                )
-                for name, folder in pair.items()
-            }
-            results.update({name: f.result() for name, f in scored.items()})
+        of_seed = [(name, folder) for name, folder in runs.items() if name.endswith(f"-seed{seed}")]
+        for pair in (dict(of_seed[i : i + 2]) for i in range(0, len(of_seed), 2)):
+            results.update(train_and_evaluate(pair, seed, coldstart, data, out, args))
     plot_boxes(runs, out / "boxes_per_step.png")
     md = (
-        f"# Reward study: paper vs grounded reward from {coldstart}\n\n"
+        f"# Reward study: {', '.join(args.arms)} from {coldstart}\n\n"
         f"{args.val_sample or 'All'} validation records, greedy; value [95% CI, whole studies resampled].\n\n"
-        + table(results)
-        + "\nGrounded minus paper reward, per seed, paired on the same records (difference [95% CI]; "
+        + table(results, args.arms)
+        + "\nPer seed, one arm minus another, paired on the same records (difference [95% CI]; "
         "▲/▼: Holm-adjusted p < 0.05 over these and the other headline metrics):\n\n"
-        + paired_table(out / "eval", args.seeds, args.bootstrap)
+        + paired_table(out / "eval", args.arms, args.seeds, args.bootstrap)
     )
     atomic_write_text(out / "study.md", md)
     atomic_write_text(out / "study.json", json.dumps(results, indent=2) + "\n")

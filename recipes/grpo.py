@@ -62,6 +62,15 @@ class GRPOScriptArguments(StageArguments):
     reward_funcs: list[str] | None = field(
         default=None, metadata={"help": "reward names (default: the mode's set)"}
     )
+    reward_server: str | None = field(
+        default=None, metadata={"help": "URL of `make reward-server`, which scores served_rewards"}
+    )
+    served_rewards: list[str] | None = field(
+        default=None,
+        metadata={"help": "the reward_funcs the reward_server scores (training/reward_client.py)"},
+    )
+    reward_server_timeout: float = field(default=60.0, metadata={"help": "seconds per reward server request"})
+    reward_server_retries: int = field(default=3, metadata={"help": "reward server attempts after the first"})
     max_prompt_tokens: int = field(
         default=2048, metadata={"help": "drop longer prompts (image tokens included)"}
     )

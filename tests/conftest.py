@@ -168,6 +168,7 @@ LONGEST_FIRST = (
     "test_vllm.py::test_check_vllm",
     "test_grpo.py::test_killed",
     "test_rl_select.py::test_killed",
+    "test_reward_server.py::test_killed",
 )
 
 

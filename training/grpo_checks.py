@@ -33,8 +33,35 @@ def resolve_rewards(script_args, training_args) -> list:
             f"reward_weights has {len(training_args.reward_weights)} values for {len(names)} rewards"
         )
     weights = training_args.reward_weights or [1.0] * len(names)
-    log.info("rewards: %s", ", ".join(f"{n} x {w}" for n, w in zip(names, weights)))
-    return get_reward_funcs(names)
+    served = served_reward_funcs(script_args, names)
+    log.info(
+        "rewards: %s",
+        ", ".join(f"{n} x {w}" + (" (reward server)" if n in served else "") for n, w in zip(names, weights)),
+    )
+    return [served[n] if n in served else get_reward_funcs(n)[0] for n in names]
+
+
+def served_reward_funcs(script_args, names: list[str]) -> dict:
+    """The rewards scored by the reward server (``served_rewards``), as async TRL reward functions,
+    after asking the server once that it serves them."""
+    served = list(getattr(script_args, "served_rewards", None) or [])
+    if not served:
+        return {}
+    if not script_args.reward_server:
+        raise RecipeError(f"served_rewards {served} needs reward_server: the URL of `make reward-server`")
+    if stray := [n for n in served if n not in names]:
+        raise RecipeError(
+            f"served_rewards {stray} are not in reward_funcs {names}: add them there with a weight"
+        )
+    from training.reward_client import check_reward_server, served_reward
+
+    check_reward_server(script_args.reward_server, served)
+    return {
+        n: served_reward(
+            n, script_args.reward_server, script_args.reward_server_timeout, script_args.reward_server_retries
+        )
+        for n in served
+    }
 
 
 def check_reward_family(reward_funcs: list, family) -> None:
