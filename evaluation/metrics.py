@@ -2,7 +2,7 @@
 
 Every function here takes records in the data_prep schema and completion strings, and returns
 plain numbers / dicts; nothing reads files or loads models (report text metrics live in
-``evaluation.nlg``, model-based clinical metrics in ``evaluation.model_metrics``). Box geometry and
+``evaluation.nlg``, model-based report metrics in ``evaluation.rexrank``). Box geometry and
 set F1 come from ``rewards.boxes``, answer parsing, normalisation and the format checks from
 ``rewards.parsing``: one definition each, shared with the rewards.
 

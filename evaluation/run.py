@@ -299,14 +299,17 @@ def summary_lines(results: dict) -> list[str]:
             continue
         ci = f"  [{h['ci_low']:.4f}, {h['ci_high']:.4f}]" if h["ci_low"] is not None else ""
         lines.append(f"  {HEADLINE_LABELS.get(key, key):<34} {h['value']:.4f}{ci}  (n={h['n']})")
-    skipped = [
-        f"  {k}: {v['reason']}"
-        for k, v in (results.get("report") or {}).items()
-        if isinstance(v, dict) and v.get("status") in ("skipped", "error")
-    ]
-    if skipped:
-        lines.append("skipped report metrics:")
-        lines.extend(skipped)
+    rexrank = (results.get("report") or {}).get("rexrank") or {}
+    if rexrank:
+        lines.append("ReXrank report metrics:")
+    for name, status in rexrank.items():
+        keys = [k for k in results["headline"] if k == f"report/{name}" or k.startswith(f"report/{name}_")]
+        if status.get("status") == "computed":
+            lines.append(
+                f"  {name}: " + ", ".join(f"{k} {results['headline'][k]['value']:.4f}" for k in keys)
+            )
+        else:
+            lines.append(f"  {name}: not computed: {status['reason']}, {status['command']}")
     return lines
 
 

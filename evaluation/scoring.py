@@ -3,7 +3,8 @@
 Used by ``evaluation.run`` after generation and usable alone on any predictions file
 (``python -m evaluation.run ... --metrics_only``). The metric definitions are in
 ``evaluation.metrics`` (answers, VQA, classification, grounding, reasoning),
-``evaluation.nlg`` (report text metrics) and ``evaluation.model_metrics`` (clinical metrics).
+``evaluation.nlg`` (report text metrics) and ``evaluation.rexrank`` (the field's model-based report
+metrics, computed in the metric environment).
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ HEADLINE = [
     ("report/meteor", "Report METEOR"),
     ("report/rouge_l", "Report ROUGE-L"),
     ("report/cider", "Report CIDEr"),
-    ("report/bertscore_f1", "Report BERTScore F1"),
+    ("report/bleu2", "Report BLEU-2 (ReXrank)"),
+    ("report/bertscore", "Report BERTScore F1"),
+    ("report/semb_score", "Report SembScore"),
     ("report/radgraph_f1", "Report RadGraph F1 (partial)"),
+    ("report/radcliq_v1", "Report RadCliQ-v1 (lower is better)"),
+    ("report/ratescore", "Report RaTEScore"),
+    ("report/green", "Report GREEN"),
     ("report/chexbert_micro_f1_14", "Report CheXbert micro-F1 (14)"),
     ("report/chexbert_macro_f1_14", "Report CheXbert macro-F1 (14)"),
     ("report/chexbert_micro_f1_5", "Report CheXbert micro-F1 (5)"),
@@ -252,26 +258,7 @@ def _score_reports(task: TaskData, idx: np.ndarray, stats: dict) -> dict:
         by_task[name] = sub
     summary["by_task"] = by_task
     _label_statistics(refs, list(answers), idx, stats)
-    if task.model_metrics:
-        from evaluation.model_metrics import clinical_metrics
-
-        clinical = clinical_metrics(refs, list(answers))
-        for key in ("bertscore_f1", "radgraph_f1"):
-            if "per_sample" in clinical[key]:
-                stats[f"report/{key}"] = S.mean_of(clinical[key].pop("per_sample"), idx)
-        summary.update(clinical)
-        chex = clinical["chexbert"]
-        for key in ("micro_f1_14", "macro_f1_14", "micro_f1_5", "macro_f1_5"):
-            if key in chex:  # the package returns corpus scores only: no interval
-                summary.setdefault("_not_resampled", {})[f"report/chexbert_{key}"] = {
-                    "value": chex[key],
-                    "ci_low": None,
-                    "ci_high": None,
-                    "n": chex["n"],
-                }
-    else:
-        note = {"status": "skipped", "reason": "disabled (--no_model_metrics)"}
-        summary.update({"bertscore_f1": note, "radgraph_f1": note, "chexbert": note})
+    summary["rexrank"] = _rexrank_statistics(refs, list(answers), idx, stats, task.model_metrics)
     for i, score in zip(idx, per.get("rouge_l", np.zeros(len(recs)))):
         task.per_sample[i].update(score=float(score), score_name="rouge_l")
     return summary
@@ -279,23 +266,52 @@ def _score_reports(task: TaskData, idx: np.ndarray, stats: dict) -> dict:
 
 def _label_statistics(refs: list[str], answers: list[str], idx: np.ndarray, stats: dict) -> None:
     """F1 of the positive CheXpert labels of the rule-based labeler (rewards.report_labels; uncertain
-    counted positive), no model needed: micro and macro over the 14 and the 5 observations, from
-    per-record [tp, fp, fn per observation, 0] rows, so studies are resampled as for every metric.
-    Macro averages the observations with a reference positive in the (re)sample, as classification's."""
-    from rewards.report_labels import CHEXBERT_5, CHEXPERT_OBSERVATIONS, label_reports, positive_labels
+    counted positive), no model needed: ``report/labels_{micro,macro}_f1_{14,5}``."""
+    from rewards.report_labels import label_reports, positive_labels
 
-    hyp, ref = label_reports(answers), label_reports(refs)
+    hyp = [positive_labels(h) for h in label_reports(answers)]
+    ref = [positive_labels(r) for r in label_reports(refs)]
+    _label_f1_statistics("labels", hyp, ref, idx, stats)
+
+
+def _label_f1_statistics(prefix: str, hyp: list[set], ref: list[set], idx: np.ndarray, stats: dict) -> None:
+    """Micro and macro F1 of positive labels over the 14 and the 5 observations, from per-record
+    [tp, fp, fn per observation, 0] rows, so studies are resampled as for every metric. Macro averages
+    the observations with a reference positive in the (re)sample, as classification's."""
+    from rewards.report_labels import CHEXBERT_5, CHEXPERT_OBSERVATIONS
+
     for name, group in (("14", CHEXPERT_OBSERVATIONS), ("5", CHEXBERT_5)):
         rows = []
-        for h, r in zip(hyp, ref):
-            hp, rp = positive_labels(h, observations=group), positive_labels(r, observations=group)
+        for hp, rp in zip(hyp, ref):
             tp = [o in hp and o in rp for o in group]
             fp = [o in hp and o not in rp for o in group]
             fn = [o in rp and o not in hp for o in group]
             rows.append([*tp, *fp, *fn, 0])
         rows = np.asarray(rows, dtype=float).reshape(len(hyp), 3 * len(group) + 1)
-        stats[f"report/labels_micro_f1_{name}"] = S.Statistic(rows, idx, "micro_f1")
-        stats[f"report/labels_macro_f1_{name}"] = S.Statistic(rows, idx, "macro_f1")
+        stats[f"report/{prefix}_micro_f1_{name}"] = S.Statistic(rows, idx, "micro_f1")
+        stats[f"report/{prefix}_macro_f1_{name}"] = S.Statistic(rows, idx, "macro_f1")
+
+
+def _rexrank_statistics(refs: list[str], answers: list[str], idx: np.ndarray, stats: dict, run: bool) -> dict:
+    """ReXrank's metrics from the metric environment (evaluation.rexrank): per-report scores become
+    resampled means, CheXbert's labels the paper's micro/macro F1 (5, 14). Returns each metric's
+    status: "computed", or the skipped dict with its reason and the command that fixes it."""
+    from evaluation.rexrank import REXRANK, rexrank_metrics, skipped
+
+    if not run:
+        off = skipped("disabled (--no_model_metrics)", "make eval without --no_model_metrics")
+        return {m: off for m in REXRANK}
+    status = {}
+    for name, out in rexrank_metrics(refs, answers).items():
+        if "per_sample" in out:
+            stats[f"report/{name}"] = S.mean_of(np.asarray(out["per_sample"], dtype=float), idx)
+        elif "hyp_labels" in out:
+            names = out["names"]
+            hyp = [{n for n, v in zip(names, row) if v} for row in out["hyp_labels"]]
+            ref = [{n for n, v in zip(names, row) if v} for row in out["ref_labels"]]
+            _label_f1_statistics("chexbert", hyp, ref, idx, stats)
+        status[name] = {"status": "computed"} if "status" not in out else out
+    return status
 
 
 def _score_reasoning(task: TaskData, texts: list[str], stats: dict, boxes_of_image: dict | None) -> dict:

@@ -75,7 +75,7 @@ Scores
 
     ``label_f1(hyps, refs, uncertain="positive")`` - corpus metrics: micro and macro F1 over the 14
     and over the 5 (Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion), named as
-    ``evaluation.model_metrics.chexbert_f1`` names CheXbert's (``micro_f1_14`` ...). An observation
+    the paper names CheXbert's (``micro_f1_14`` ...). An observation
     with no positive on either side has F1 0 in the macro mean and an empty corpus has micro F1 0,
     as sklearn's ``classification_report`` (which f1chexbert uses) reports them; the per-pair
     ``label_agreement`` scores "both empty" 1.0 instead - the reward's reading and the metric's,

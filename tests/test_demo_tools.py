@@ -9,10 +9,12 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from demo import pipeline as demo
 from demo import reward_study
 from demo import seeds as demo_seeds
+from tests.conftest import ROOT
 
 
 def entry(value, half):
@@ -131,13 +133,13 @@ def test_reward_study_table_means_over_seeds():
         "paper-seed1": headline(0.9, 0.50, 0.4, 0.9),
         "grounded-seed0": headline(1.1, 0.60, 0.6, 0.9),
     }
-    md = reward_study.table(results)
+    md = reward_study.table(results, ["paper", "grounded"])
     paper_row = next(line for line in md.splitlines() if line.startswith("| paper |"))
     assert "0.450 (0.400, 0.500)" in paper_row  # cited-box IoU over the two paper seeds
     assert "| grounded-seed0 | 1.500 [1.400, 1.600] |" in md
 
 
-@pytest.mark.parametrize("mode", ["paper", "grounded"])
+@pytest.mark.parametrize("mode", list(reward_study.ARMS))
 def test_reward_study_trains_with_each_reward_set(tmp_path, monkeypatch, mode):
     calls = []
 
@@ -150,12 +152,21 @@ def test_reward_study_trains_with_each_reward_set(tmp_path, monkeypatch, mode):
     with pytest.raises(demo.DemoError, match="out2.log"):  # a failed run names its log
         reward_study.train(mode, 3, tmp_path / "cs", tmp_path / "data", tmp_path / "out2", 7)
     cmd = calls[0]
-    if mode == "paper":
+    recipe = yaml.safe_load((ROOT / "recipes" / "demo" / "grpo.yaml").read_text())
+    if mode in ("paper", "clinical"):
         names = cmd[cmd.index("--reward_funcs") + 1 : cmd.index("--reward_weights")]
-        assert names == list(reward_study.REWARD_SETS[mode])
+        weights = cmd[cmd.index("--reward_weights") + 1 : cmd.index("--reward_weights") + 1 + len(names)]
+        if mode == "paper":
+            assert names == list(reward_study.REWARD_SETS[mode])
+        else:  # the demo recipe's own terms and weights, plus report_labels
+            assert names == [*recipe["reward_funcs"], "report_labels"]
+            assert weights == [*map(str, recipe["reward_weights"]), "1.0"]
     else:  # the demo's GRPO recipe as it is: its reward set and weights come from the YAML
         assert "--reward_funcs" not in cmd and "--reward_weights" not in cmd
-        assert cmd[cmd.index("--config") + 1] == "recipes/demo/grpo.yaml"
+    assert cmd[cmd.index("--config") + 1] == "recipes/demo/grpo.yaml"
+    tasks = cmd[cmd.index("--tasks") + 1 : cmd.index("--seed")] if "--tasks" in cmd else recipe["tasks"]
+    has_reports = mode in ("reports", "clinical")
+    assert tasks == recipe["tasks"] + (["report_findings", "report_impression"] if has_reports else [])
     assert cmd[cmd.index("--seed") + 1] == "3" and cmd[cmd.index("--max_steps") + 1] == "7"
 
 
