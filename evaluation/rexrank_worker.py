@@ -11,19 +11,26 @@ CheXbert labels, or {"status": "skipped", "reason": ..., "command": ...}. One me
 stops the others.
 
 Weights are read from the caches the packages use: the Hugging Face hub cache ($HF_HOME: the BERT
-models, RaTEScore's, GREEN's) and appdirs' cache ($XDG_CACHE_HOME, default ~/.cache: chexbert/ holds
-chexbert.pth, radgraph/ the RadGraph model). Unless --fetch, the hub is forced offline first, so a
-missing model is an error naming itself, never a download.
+models, RaTEScore's, GREEN's), appdirs' cache ($XDG_CACHE_HOME, default ~/.cache: chexbert/ holds
+chexbert.pth, radgraph/ the RadGraph model) and nltk's punkt_tab (~/nltk_data, or $NLTK_DATA). Unless
+--fetch, the hub is forced offline and nltk's downloader refused first, so a missing model is an
+error naming itself, never a download.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.abc
+import importlib.util
 import json
 import os
 import sys
 
-FETCH = "make fetch-metric-weights (once, with network; offline machines: copy $HF_HOME and ~/.cache/chexbert, ~/.cache/radgraph over and set HF_HOME / XDG_CACHE_HOME)"
+FETCH = (
+    "make fetch-metric-weights (once, with network; offline machines: copy $HF_HOME, ~/.cache/chexbert, "
+    "~/.cache/radgraph and ~/nltk_data over and set HF_HOME / XDG_CACHE_HOME / NLTK_DATA)"
+)
 # name -> what it is; the order of `make eval`'s listing
 METRICS = {
     "bleu2": "BLEU-2 (radeval's pycocoevalcap-style BLEU, n=2)",
@@ -35,6 +42,26 @@ METRICS = {
     "green": "GREEN (7B judge)",
     "chexbert": "CheXbert labels (14 observations, uncertain = positive)",
 }
+
+
+class _RadEvalAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """radeval 2.2.1's vendored RadGraph (dygie) imports ``RadEval.metrics...``, the package's old name,
+    so RadGraph F1 and RadCliQ-v1 fail with "No module named 'RadEval'" on a plain install. This maps
+    ``RadEval.X`` onto the already-importable ``radeval.X`` (the same module objects, not copies)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "RadEval" or name.startswith("RadEval."):
+            return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module("radeval" + spec.name[len("RadEval") :])
+
+    def exec_module(self, module):
+        pass
+
+
+sys.meta_path.append(_RadEvalAlias())
 
 
 def skipped(reason: str, command: str = FETCH) -> dict:
@@ -133,8 +160,20 @@ def compute(scorers: Scorers, name: str) -> dict:
 
 
 def force_offline() -> None:
+    """The hub offline, and nltk's downloader refused: importing radeval calls
+    ``nltk.download("punkt_tab")`` (radeval/utils.py), which would reach the network on every run."""
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ[key] = "1"
+    import nltk
+
+    def refuse(info_or_id=None, *args, **kwargs) -> bool:
+        print(
+            f"nltk download of {info_or_id!r} refused (offline; make fetch-metric-weights caches it)",
+            file=sys.stderr,
+        )
+        return False
+
+    nltk.download = refuse
 
 
 def fetch() -> int:
@@ -158,6 +197,9 @@ def main() -> int:
     ap.add_argument("--fetch", action="store_true", help="download every metric's weights into the caches")
     args = ap.parse_args()
     if args.fetch:
+        import nltk
+
+        nltk.download("punkt_tab", quiet=True)
         return fetch()
     force_offline()
     job = json.load(open(args.input))
