@@ -97,16 +97,32 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_dir, phantom_dir, tmp_
     assert len(logged_rewards(result.stdout + result.stderr)) == 10 - done[-1]
 
 
-def test_two_process_launch_with_torchrun(tiny_dir, phantom_dir, tmp_path):
+def test_two_process_launch_with_torchrun_and_a_served_reward(tiny_dir, phantom_dir, tmp_path):
+    """Two ranks, each scoring its own completions' report_labels on one reward server."""
+    import httpx
+
+    from tests.test_reward_server import free_port, start_server
+
     torchrun = str(Path(sys.executable).parent / "torchrun")
     assert shutil.which(torchrun)
-    out = tmp_path / "ddp"
-    proc = run_module(
-        "recipes.grpo",
-        *grpo_args(tiny_dir, phantom_dir, out, "--max_steps", "2", "--save_strategy", "no"),
-        launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29518", "-m"],
-    )
-    assert len(logged_rewards(proc.stdout + proc.stderr)) == 2
+    out, port = tmp_path / "ddp", free_port()
+    served = ["--tasks", "report_findings", "vqa", "--reward_funcs", *REWARDS, "report_labels"]
+    served += ["--reward_weights", "1.0", "0.2", "0.0", "0.5", "1.0", "--served_rewards", "report_labels"]
+    served += ["--reward_server", f"http://127.0.0.1:{port}"]
+    server = start_server(port)
+    try:
+        proc = run_module(
+            "recipes.grpo",
+            *grpo_args(tiny_dir, phantom_dir, out, "--max_steps", "2", "--save_strategy", "no", *served),
+            launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29518", "-m"],
+        )
+        health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+    finally:
+        server.kill()
+    rows = logged_rewards(proc.stdout + proc.stderr)
+    assert len(rows) == 2 and all("rewards/report_labels/mean" in r for r in rows)
+    assert health["requests"] == 2 * 2  # each rank asked once per step
+    assert health["items"] == 2 * 2 * 8  # its own 8 completions each time
     assert (out / "model.safetensors").exists()
 
 
