@@ -47,7 +47,9 @@ Modules: ``parsing`` (think block, boxed answers, boxes, answer normalisation, f
 ``similarity`` (nltk-exact BLEU, rouge_score-exact ROUGE-1, bit-parallel ROUGE-L), ``boxes`` (frame
 validity, IoU, near-duplicates, Hungarian matching, set F1), ``paper``, ``grounded``, ``stats``,
 ``report_labels`` (rule-based CheXpert labels of report text and their agreement), ``clinical``,
-``inputs`` (what TRL passes), ``registry``. The evaluation (``evaluation.metrics``) uses the same
+``inputs`` (what TRL passes), ``registry``, ``server`` (`make reward-server`: rewards scored once for
+every training process, GRPO's client is ``training.reward_client``) and ``chexbert`` (CheXbert labels,
+for the server's ``report_labels_chexbert``). The evaluation (``evaluation.metrics``) uses the same
 ``boxes`` and ``parsing``; where it reads differently on purpose, both variants sit side by side there.
 
 Adding a reward (a short recipe):

@@ -34,7 +34,7 @@ from __future__ import annotations
 from rewards.grounded import REPORT_TASKS
 from rewards.inputs import column, texts_of
 from rewards.parsing import parse
-from rewards.report_labels import CHEXPERT_OBSERVATIONS, label_agreement
+from rewards.report_labels import CHEXPERT_OBSERVATIONS, agreement, label_agreement
 
 # How uncertain mentions count ("positive" | "negative" | "ignore", see report_labels.positive_labels):
 # positive, as CheXbert F1 is reported for report generation, so hedging is not a way out of a finding.
@@ -62,3 +62,27 @@ def report_labels(completions, **kwargs) -> list[float | None]:
     return [
         report_labels_score(t, str(gt), task) for t, gt, task in zip(texts_of(completions), solutions, tasks)
     ]
+
+
+def chexbert_label_scores(label, items: list[tuple[str, str, str | None]], cache: dict | None = None) -> list:
+    """``report_labels`` with CheXbert's labels (``label``: texts -> label dicts, rewards.chexbert) in place
+    of the rule-based ones: for the reward server's ``report_labels_chexbert``. ``items`` are
+    (completion text, solution, task); same None / 0.0 rules as ``report_labels_score``. ``cache`` keeps
+    the references' labels across batches (a GRPO group shares one reference)."""
+    cache = {} if cache is None else cache
+    scores: list[float | None] = [None] * len(items)
+    pairs = []
+    for i, (text, solution, task) in enumerate(items):
+        if task not in REPORT_TASKS:
+            continue
+        pred = parse(text).answer
+        if pred is None or not pred.strip():
+            scores[i] = 0.0
+        else:
+            pairs.append((i, pred, solution))
+    new_refs = sorted({ref for _, _, ref in pairs if ref not in cache})
+    labels = label([pred for _, pred, _ in pairs] + new_refs)
+    cache.update(zip(new_refs, labels[len(pairs) :]))
+    for (i, _, ref), hyp in zip(pairs, labels):
+        scores[i] = agreement(hyp, cache[ref], OBSERVATIONS, UNCERTAIN)
+    return scores

@@ -484,9 +484,18 @@ def label_agreement(
     Micro over ``observations``: 2|H & R| / (|H| + |R|); 1.0 when neither has a positive.
     ``uncertain="ignore"`` leaves out the observations either report is uncertain about.
     """
+    return agreement(label_report(hyp), label_report(ref), observations, uncertain)
+
+
+def agreement(
+    h: dict[str, int | None],
+    r: dict[str, int | None],
+    observations: Sequence[str] = CHEXPERT_OBSERVATIONS,
+    uncertain: str = "positive",
+) -> float:
+    """``label_agreement`` of two reports' labels, from whichever labeler gave them (this one, CheXbert)."""
     _check_policy(uncertain)
     _check_observations(observations)
-    h, r = label_report(hyp), label_report(ref)
     if uncertain == "ignore":
         observations = [o for o in observations if UNCERTAIN not in (h[o], r[o])]
     hp, rp = positive_labels(h, uncertain, observations), positive_labels(r, uncertain, observations)

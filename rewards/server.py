@@ -12,9 +12,11 @@ through ``training.reward_client`` (an async TRL reward function), named in the 
     reward_server: http://127.0.0.1:8765
     served_rewards: [report_labels]
 
-The scores are the in-process reward functions' own (``SERVED`` maps each served name to the
-function of one completion that the in-process reward applies), so moving a reward to the server
-changes where it runs, never what it returns.
+Served rewards (``SERVED``; ``--rewards`` picks, default report_labels):
+  report_labels           the rule-based labeler's agreement: the in-process reward's own function, so
+                          moving it to the server changes where it runs, never what it returns
+  report_labels_chexbert  the same agreement with CheXbert's labels (rewards/chexbert.py: the model
+                          loads once at start-up; the weights come from `make fetch-metric-weights`)
 
 API (JSON over HTTP):
   GET  /health  -> {"status": "ok", "rewards": [...], "batches", "items", "requests", "pid"}
@@ -42,14 +44,29 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from rewards.clinical import report_labels_score
+from rewards.clinical import chexbert_label_scores, report_labels_score
 
 log = logging.getLogger(__name__)
+Item = tuple[str, str, str | None]  # (completion text, solution, task)
 
-# name -> score of one completion (text, solution, task) -> float | None. The in-process rewards'
-# own functions: a served score equals the in-process one by construction (and by test).
-SERVED: dict[str, Callable[[str, str, str | None], float | None]] = {
-    "report_labels": report_labels_score,
+
+def rule_labels() -> Callable[[list[Item]], list]:
+    """``report_labels``: the rule-based labeler, the in-process reward's own function per completion."""
+    return lambda items: [report_labels_score(text, solution, task) for text, solution, task in items]
+
+
+def chexbert_labels() -> Callable[[list[Item]], list]:
+    """``report_labels_chexbert``: the same agreement with CheXbert's labels; the model loads here, once."""
+    from rewards.chexbert import CheXbertLabeler
+
+    labeler, cache = CheXbertLabeler(), {}
+    return lambda items: chexbert_label_scores(labeler.label, items, cache)
+
+
+# name -> what builds its batch scorer (items -> scores) at start-up: a model loads once, there.
+SERVED: dict[str, Callable[[], Callable[[list[Item]], list]]] = {
+    "report_labels": rule_labels,
+    "report_labels_chexbert": chexbert_labels,
 }
 MAX_ITEMS_PER_REQUEST = 65536  # a request is one GRPO batch of one process; more is a client bug
 
@@ -74,7 +91,7 @@ class BatchStats:
 class Batcher:
     """Gathers concurrent requests for one reward into batches scored on a worker thread."""
 
-    score_one: Callable[[str, str, str | None], float | None]
+    score_batch: Callable[[list[Item]], list]
     max_batch: int = 512
     max_wait_s: float = 0.005
     stats: BatchStats = field(default_factory=BatchStats)
@@ -82,13 +99,10 @@ class Batcher:
     def __post_init__(self):
         self.queue: asyncio.Queue = asyncio.Queue()
 
-    async def submit(self, items: list[tuple[str, str, str | None]]) -> list[float | None]:
+    async def submit(self, items: list[Item]) -> list[float | None]:
         future = asyncio.get_running_loop().create_future()
         await self.queue.put((items, future))
         return await future
-
-    def score_batch(self, items: list[tuple[str, str, str | None]]) -> list[float | None]:
-        return [self.score_one(text, solution, task) for text, solution, task in items]
 
     async def next_jobs(self) -> list[tuple[list, asyncio.Future]]:
         """The first waiting request, then whatever arrives within max_wait_s, up to max_batch items."""
@@ -133,19 +147,20 @@ class Batcher:
 
 
 def create_app(rewards: list[str], max_batch: int = 512, max_wait_ms: float = 5.0):
-    """The FastAPI app serving ``rewards`` (names in SERVED), one Batcher each."""
+    """The FastAPI app serving ``rewards`` (names in SERVED), one Batcher each. Models load here, before
+    the server listens: a missing model stops start-up with its message (rewards.chexbert.MissingWeights)."""
     from fastapi import FastAPI, HTTPException
 
     unknown = [r for r in rewards if r not in SERVED]
     if unknown:
         raise ValueError(f"cannot serve {unknown}: the reward server knows {sorted(SERVED)}")
-
+    scorers = {name: SERVED[name]() for name in rewards}
     batchers: dict[str, Batcher] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        for name in rewards:  # "load the model": here, bind each reward's scorer once
-            batchers[name] = Batcher(SERVED[name], max_batch, max_wait_ms / 1000)
+        for name in rewards:  # the queues belong to the server's event loop
+            batchers[name] = Batcher(scorers[name], max_batch, max_wait_ms / 1000)
         workers = [asyncio.create_task(b.run()) for b in batchers.values()]
         log.info(
             "reward server ready: %s (batches of up to %d, %.1f ms wait)", rewards, max_batch, max_wait_ms
@@ -192,13 +207,24 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other nodes' training processes")
     ap.add_argument("--port", type=int, default=8765)
-    ap.add_argument("--rewards", nargs="+", default=sorted(SERVED), choices=sorted(SERVED))
+    ap.add_argument(
+        "--rewards",
+        nargs="+",
+        default=["report_labels"],
+        choices=sorted(SERVED),
+        help="default: report_labels",
+    )
     ap.add_argument("--max_batch", type=int, default=512, help="completions scored in one call at most")
     ap.add_argument("--max_wait_ms", type=float, default=5.0, help="how long a batch waits for more requests")
     args = ap.parse_args(argv)
     import uvicorn
 
-    app = create_app(args.rewards, args.max_batch, args.max_wait_ms)
+    from rewards.chexbert import MissingWeights
+
+    try:
+        app = create_app(args.rewards, args.max_batch, args.max_wait_ms)
+    except MissingWeights as e:
+        raise SystemExit(f"reward server: {e}") from None
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

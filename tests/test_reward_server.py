@@ -30,11 +30,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, *args: str) -> subprocess.Popen:
+def start_server(port: int, *args: str, env: dict | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "rewards.server", "--port", str(port), *args],
         cwd=ROOT,
-        env=script_env(),
+        env={**script_env(), **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -75,19 +75,25 @@ def tiny_bert(snap, model_type: str) -> None:
     tok.save_pretrained(snap)
 
 
-def chexbert_checkpoint(xdg_cache, bert_snap) -> None:
-    """chexbert.pth in radeval's cache (appdirs: $XDG_CACHE_HOME/chexbert), shaped for the stand-in BERT."""
-    from transformers import BertConfig, BertModel
+def chexbert_checkpoint(xdg_cache, bert_snap, texts=()) -> None:
+    """chexbert.pth in radeval's cache (appdirs: $XDG_CACHE_HOME/chexbert), shaped for the stand-in BERT.
+    A random BERT's [CLS] vectors barely differ between reports, so the heads are scaled to the spread
+    of ``texts``' vectors: different reports then get different labels, and a decoding error shows."""
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     torch.manual_seed(0)
-    bert = BertModel(BertConfig.from_pretrained(bert_snap))
+    bert = BertModel(BertConfig.from_pretrained(bert_snap)).eval()
     state = {f"module.bert.{k}": v for k, v in bert.state_dict().items()}
+    enc = BertTokenizer.from_pretrained(bert_snap)(
+        list(texts) or REFS + HYPS, padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        cls = bert(**enc).last_hidden_state[:, 0]
+    mean, spread = cls.mean(0), cls.std(0) + 1e-6
     for i in range(14):
-        head = torch.nn.Linear(32, 4 if i < 13 else 2)
-        state[f"module.linear_heads.{i}.weight"], state[f"module.linear_heads.{i}.bias"] = (
-            head.weight,
-            head.bias,
-        )
+        weight = torch.randn(4 if i < 13 else 2, 32) / spread
+        state[f"module.linear_heads.{i}.weight"] = weight
+        state[f"module.linear_heads.{i}.bias"] = -(weight @ mean)
     snap = hub_snapshot(xdg_cache / "chexbert", "StanfordAIMI/RRG_scorers")
     torch.save({"model_state_dict": state}, snap / "chexbert.pth")
 
