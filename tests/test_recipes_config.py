@@ -396,6 +396,23 @@ def test_sbatch_launches_one_server_node_and_the_training_nodes(bf16_ok):
     assert grpo.per_device_train_batch_size * 16 * grpo.gradient_accumulation_steps == 640
 
 
+def test_sbatch_serves_rewards_from_the_vllm_node_to_every_training_process(bf16_ok):
+    proc = run_script(
+        SBATCH, DRY_RUN="1", NODE_LIST="gpu0 gpu1 gpu2", REWARDS="report_labels_chexbert", VLLM_TP="2"
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split("] ", 1) for line in proc.stdout.splitlines() if line.startswith("[")]
+    (n0, serve), (n1, reward), (n2, train) = lines
+    assert (n0, n1, n2) == ("[gpu0", "[gpu0", "[gpu1 gpu2")
+    # on the GPU after vLLM's two, reachable from the other nodes
+    assert reward.startswith("CUDA_VISIBLE_DEVICES=2 python -m rewards.server --host 0.0.0.0 --port 8765")
+    assert reward.endswith("--rewards report_labels_chexbert")
+    argv = shlex.split(train)
+    recipe_args = argv[argv.index("-m") + 2 :]
+    script, _, _ = parse(ROOT / recipe_args[1], *recipe_args[2:])
+    assert script.reward_server == "http://gpu0:8765" and script.served_rewards == ["report_labels_chexbert"]
+
+
 def test_sbatch_needs_a_training_node():
     proc = run_script(SBATCH, DRY_RUN="1", NODE_LIST="gpu0")
     assert proc.returncode == 2 and "at least 2 nodes" in proc.stderr
