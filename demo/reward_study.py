@@ -15,6 +15,7 @@ back? From one cold-start checkpoint this runs the demo's GRPO recipe once per a
             BLEU-4 + ROUGE-L): the control for the arm below
   clinical  as `reports`, plus the `report_labels` reward (CheXpert label F1 of the boxed report,
             rewards/clinical.py), weight 1.0
+  reports-only, clinical-only   the last two on report prompts alone (not run unless named in --arms)
 
 It evaluates every checkpoint (and the cold start) on the same validation records and writes into --out:
 
@@ -70,15 +71,29 @@ ARMS = {
     "grounded": ("grounded", None, None),
     "reports": ("grounded", None, DEMO_TASKS + REPORT_TASKS),
     "clinical": ("grounded", None, DEMO_TASKS + REPORT_TASKS),
+    # Not run by default: GRPO on report prompts only, where the report terms get every group.
+    "reports-only": ("grounded", None, REPORT_TASKS),
+    "clinical-only": ("grounded", None, REPORT_TASKS),
 }
+DEFAULT_ARMS = ["paper", "grounded", "reports", "clinical"]
 # Paired differences reported per seed: (run, baseline)
-PAIRS = [("grounded", "paper"), ("clinical", "grounded"), ("clinical", "reports")]
+PAIRS = [
+    ("grounded", "paper"),
+    ("clinical", "grounded"),
+    ("clinical", "reports"),
+    ("clinical-only", "reports-only"),
+]
+
+
+def arm_of(run: str) -> str:
+    """The arm of a run name ("reports-only-seed2" -> "reports-only"; "coldstart" stays)."""
+    return run.rsplit("-seed", 1)[0]
 
 
 def arm_args(arm: str) -> list[str]:
     """The recipes.grpo overrides of an arm (the demo recipe's own grounded weights where it keeps them)."""
     mode, rewards, tasks = ARMS[arm]
-    if arm == "clinical":
+    if arm.startswith("clinical"):
         rewards = {**demo_recipe_rewards(), "report_labels": CLINICAL_WEIGHT}
     cmd = []
     if rewards:
@@ -116,7 +131,7 @@ def plot_boxes(runs: dict[str, Path], png: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, folder in runs.items():
         h = [x for x in grpo_history(folder) if "boxes/per_completion" in x]
-        color = {"paper": "C3", "grounded": "C0", "reports": "C2", "clinical": "C1"}[name.split("-seed")[0]]
+        color = dict(zip(ARMS, ("C3", "C0", "C2", "C1", "C4", "C5")))[arm_of(name)]
         ax.plot(
             [x["step"] for x in h], [x["boxes/per_completion"] for x in h], color=color, alpha=0.8, label=name
         )
@@ -152,7 +167,7 @@ def table(results: dict[str, dict], arms: list[str]) -> str:
     lines += ["", "Mean over seeds (min, max):", ""]
     lines += ["| arm | " + " | ".join(METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]
     for arm in arms:
-        runs = [h for name, h in results.items() if name.startswith(f"{arm}-")]
+        runs = [h for name, h in results.items() if arm_of(name) == arm]
         cells = []
         for k in METRICS:
             v = [h[k]["value"] for h in runs if h.get(k) and h[k].get("value") is not None]
@@ -167,7 +182,7 @@ def train_and_evaluate(
     """Train the runs of ``pair`` side by side, then evaluate them side by side; their headlines."""
     with ThreadPoolExecutor(len(pair)) as pool:
         trained = [
-            pool.submit(train, name.split("-seed")[0], seed, coldstart, data, folder, args.steps)
+            pool.submit(train, arm_of(name), seed, coldstart, data, folder, args.steps)
             for name, folder in pair.items()
         ]
         for f in trained:
@@ -188,7 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--data", default="outputs/phantom")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="default: all four")
+    ap.add_argument(
+        "--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS, help=f"default: {DEFAULT_ARMS}"
+    )
     ap.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the recipe's max_steps)")
     ap.add_argument(
         "--val_sample", type=int, default=None, help="validation records, spanning its studies (default: all)"

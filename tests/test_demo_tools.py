@@ -137,6 +137,13 @@ def test_reward_study_table_means_over_seeds():
     paper_row = next(line for line in md.splitlines() if line.startswith("| paper |"))
     assert "0.450 (0.400, 0.500)" in paper_row  # cited-box IoU over the two paper seeds
     assert "| grounded-seed0 | 1.500 [1.400, 1.600] |" in md
+    # an arm's mean takes its own runs only, not those of an arm whose name extends it
+    results = {
+        "reports-seed0": headline(1.0, 0.40, 0.5, 0.9),
+        "reports-only-seed0": headline(1.0, 0.80, 0.5, 0.9),
+    }
+    md = reward_study.table(results, ["reports", "reports-only"])
+    assert "0.400 (0.400, 0.400)" in next(line for line in md.splitlines() if line.startswith("| reports |"))
 
 
 @pytest.mark.parametrize("mode", list(reward_study.ARMS))
@@ -153,7 +160,7 @@ def test_reward_study_trains_with_each_reward_set(tmp_path, monkeypatch, mode):
         reward_study.train(mode, 3, tmp_path / "cs", tmp_path / "data", tmp_path / "out2", 7)
     cmd = calls[0]
     recipe = yaml.safe_load((ROOT / "recipes" / "demo" / "grpo.yaml").read_text())
-    if mode in ("paper", "clinical"):
+    if mode == "paper" or mode.startswith("clinical"):
         names = cmd[cmd.index("--reward_funcs") + 1 : cmd.index("--reward_weights")]
         weights = cmd[cmd.index("--reward_weights") + 1 : cmd.index("--reward_weights") + 1 + len(names)]
         if mode == "paper":
@@ -165,8 +172,10 @@ def test_reward_study_trains_with_each_reward_set(tmp_path, monkeypatch, mode):
         assert "--reward_funcs" not in cmd and "--reward_weights" not in cmd
     assert cmd[cmd.index("--config") + 1] == "recipes/demo/grpo.yaml"
     tasks = cmd[cmd.index("--tasks") + 1 : cmd.index("--seed")] if "--tasks" in cmd else recipe["tasks"]
-    has_reports = mode in ("reports", "clinical")
-    assert tasks == recipe["tasks"] + (["report_findings", "report_impression"] if has_reports else [])
+    reports = ["report_findings", "report_impression"]
+    expected = {"reports": recipe["tasks"] + reports, "clinical": recipe["tasks"] + reports}
+    expected.update({"reports-only": reports, "clinical-only": reports})
+    assert tasks == expected.get(mode, recipe["tasks"])
     assert cmd[cmd.index("--seed") + 1] == "3" and cmd[cmd.index("--max_steps") + 1] == "7"
 
 
