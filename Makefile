@@ -107,7 +107,7 @@ demo: $(VENV_STAMP) ## whole pipeline on CPU: phantom -> tiny model -> SFT -> co
 demo-seeds: $(VENV_STAMP) ## the demo for SEEDS="0 1 2", each seed's GRPO vs cold start checked
 	$(PY) -m demo.seeds --out $(OUT) --seeds $(SEEDS) $(ARGS)
 
-reward-study: $(VENV_STAMP) ## GRPO with the paper's vs the grounded reward from the demo's cold start
+reward-study: $(VENV_STAMP) ## GRPO from the demo's cold start: paper vs grounded reward vs report prompts vs clinical reward
 	$(PY) -m demo.reward_study --coldstart $(OUT)/demo/coldstart --data $(OUT)/phantom \
 		--out $(OUT)/reward-study --seeds $(SEEDS) $(ARGS)
 
