@@ -24,14 +24,16 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from evaluation.rexrank_worker import METRICS
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "rexrank_worker.py"
 # The metric environment's python; OPENMEDIX_METRICS_PYTHON points elsewhere (a shared install).
 METRICS_PYTHON = Path(os.environ.get("OPENMEDIX_METRICS_PYTHON", ROOT / ".venv-metrics" / "bin" / "python"))
-# The metrics, in the order they are listed (names as in rexrank_worker.METRICS).
-REXRANK = ("bleu2", "bertscore", "semb_score", "radgraph_f1", "radcliq_v1", "ratescore", "green", "chexbert")
+# The metrics, in the order they are listed.
+REXRANK = tuple(METRICS)
 TIMEOUT_S = 6 * 3600  # a test split of thousands of reports on CPU takes hours for RadCliQ
 
 

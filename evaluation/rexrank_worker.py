@@ -4,7 +4,8 @@
     .venv-metrics/bin/python evaluation/rexrank_worker.py --fetch      # `make fetch-metric-weights`
 
 Run as a script by ``evaluation.rexrank`` (it imports radeval, torch and numpy only, never the
-project: the training stack is not installed here). in.json: {"refs": [...], "hyps": [...],
+project: the training stack is not installed here). Importing it imports the standard library only,
+so ``evaluation.rexrank`` reads ``METRICS`` from here. in.json: {"refs": [...], "hyps": [...],
 "metrics": [...]}. out.json: per metric either {"per_sample": [...]} (one score per report, for the
 study-clustered intervals), {"hyp_labels": [[0/1 x 14]], "ref_labels": [...], "names": [...]} for the
 CheXbert labels, or {"status": "skipped", "reason": ..., "command": ...}. One metric failing never
@@ -59,9 +60,6 @@ class _RadEvalAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module):
         pass
-
-
-sys.meta_path.append(_RadEvalAlias())
 
 
 def skipped(reason: str, command: str = FETCH) -> dict:
@@ -191,6 +189,7 @@ def fetch() -> int:
 
 
 def main() -> int:
+    sys.meta_path.append(_RadEvalAlias())  # before anything imports radeval's RadGraph
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input")
     ap.add_argument("--output")

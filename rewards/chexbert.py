@@ -74,7 +74,6 @@ class CheXbertLabeler:
         import torch
         from transformers import BertConfig, BertModel, BertTokenizer
 
-        self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
         ckpt = checkpoint_path()
@@ -99,8 +98,10 @@ class CheXbertLabeler:
         log.info("CheXbert loaded from %s on %s", ckpt, self.device)
 
     def label(self, texts: list[str]) -> list[dict[str, int | None]]:
+        import torch
+
         out = []
-        with self.torch.no_grad():
+        with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
                 enc = self.tokenizer(
                     list(texts[i : i + self.batch_size]),
@@ -112,6 +113,6 @@ class CheXbertLabeler:
                 cls = self.bert(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state[
                     :, 0
                 ]
-                classes = self.torch.stack([head(cls).argmax(dim=1) for head in self.heads], dim=1)
+                classes = torch.stack([head(cls).argmax(dim=1) for head in self.heads], dim=1)
                 out += [{name: CLASSES[c] for name, c in zip(HEADS, row)} for row in classes.tolist()]
         return out

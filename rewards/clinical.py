@@ -43,13 +43,22 @@ UNCERTAIN = "positive"
 OBSERVATIONS = CHEXPERT_OBSERVATIONS
 
 
-def report_labels_score(text: str, solution: str, task: str | None) -> float | None:
-    """The ``report_labels`` score of one completion text: agreement in [0, 1], or None off report tasks."""
+def boxed_report(text: str, task: str | None) -> tuple[str | None, float | None]:
+    """(the boxed report to label, None), or (None, the score without labels): None off report tasks,
+    0.0 without a single non-empty boxed answer."""
     if task not in REPORT_TASKS:
-        return None
+        return None, None
     pred = parse(text).answer
     if pred is None or not pred.strip():
-        return 0.0
+        return None, 0.0
+    return pred, None
+
+
+def report_labels_score(text: str, solution: str, task: str | None) -> float | None:
+    """The ``report_labels`` score of one completion text: agreement in [0, 1], or None off report tasks."""
+    pred, score = boxed_report(text, task)
+    if pred is None:
+        return score
     return label_agreement(pred, solution, observations=OBSERVATIONS, uncertain=UNCERTAIN)
 
 
@@ -73,12 +82,8 @@ def chexbert_label_scores(label, items: list[tuple[str, str, str | None]], cache
     scores: list[float | None] = [None] * len(items)
     pairs = []
     for i, (text, solution, task) in enumerate(items):
-        if task not in REPORT_TASKS:
-            continue
-        pred = parse(text).answer
-        if pred is None or not pred.strip():
-            scores[i] = 0.0
-        else:
+        pred, scores[i] = boxed_report(text, task)
+        if pred is not None:
             pairs.append((i, pred, solution))
     new_refs = sorted({ref for _, _, ref in pairs if ref not in cache})
     labels = label([pred for _, pred, _ in pairs] + new_refs)

@@ -106,7 +106,13 @@ def test_scores_through_the_reward_function_are_the_in_process_ones(server):
 def test_refusals_say_what_is_wrong_without_retrying(server):
     url, _ = server
     with pytest.raises(RewardServerError, match=r"not served here; served: \['report_labels'\]"):
-        asyncio.run(served_reward("radgraph_f1", url, retries=3)(completions=["x"], solution=["y"]))
+        asyncio.run(
+            served_reward("radgraph_f1", url, retries=3)(
+                completions=["x"], solution=["y"], task=["report_findings"]
+            )
+        )
+    with pytest.raises(ValueError, match="needs the dataset column 'task'"):  # never a silent None
+        asyncio.run(served_reward("report_labels", url)(completions=["x"], solution=["y"]))
     with pytest.raises(RewardServerError, match=r"does not serve \['radgraph_f1'\]"):
         check_reward_server(url, ["radgraph_f1"])
     resp = httpx.post(f"{url}/score", json={"reward": "report_labels", "completions": ["a", "b"],
@@ -118,7 +124,11 @@ def test_a_dead_server_fails_after_the_retries_with_what_to_do(monkeypatch):
     monkeypatch.setattr(reward_client, "BACKOFF_S", 0.01)
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(RewardServerError) as e:
-        asyncio.run(served_reward("report_labels", url, retries=2)(completions=["x"], solution=["y"]))
+        asyncio.run(
+            served_reward("report_labels", url, retries=2)(
+                completions=["x"], solution=["y"], task=["report_findings"]
+            )
+        )
     msg = str(e.value)
     assert "in 3 attempts" in msg and "rather than score 0" in msg and "make reward-server" in msg
     with pytest.raises(RewardServerError, match="is not reachable"):
@@ -147,7 +157,9 @@ def test_a_server_that_never_answers_times_out(monkeypatch):
     try:
         with pytest.raises(RewardServerError, match=r"2 attempts: no answer within 0.5 s"):
             asyncio.run(
-                served_reward("report_labels", url, timeout=0.5, retries=1)(completions=["x"], solution=["y"])
+                served_reward("report_labels", url, timeout=0.5, retries=1)(
+                    completions=["x"], solution=["y"], task=["report_findings"]
+                )
             )
     finally:
         stop.set()

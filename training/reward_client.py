@@ -89,7 +89,9 @@ def served_reward(name: str, url: str, timeout: float = 60.0, retries: int = 3):
             "reward": name,
             "completions": texts_of(completions),
             "solutions": [str(s) for s in column(kwargs, "solution", n, name)],
-            "tasks": column(kwargs, "task", n, name, required=False),
+            # required, as by the in-process report rewards: without it no row is a report, and the
+            # reward would silently score nothing
+            "tasks": column(kwargs, "task", n, name),
             "ids": [str(i) for i in range(n)],
         }
         async with httpx.AsyncClient(timeout=timeout) as client:
